@@ -1,0 +1,319 @@
+"""Typed pipeline configuration: YAML in `configs/`, validated by pydantic.
+
+Every knob lives here once, with its default; nothing reads raw dicts. Errors name the file and the
+key path (`finetune.optim.lr: expected a number, got 'fast'`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased for the user (file, key path, what was wrong)."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- model
+
+
+class RandomVision(Strict):
+    """A randomly initialised CLIP vision tower (the embedded default; real runs name a checkpoint)."""
+
+    image_size: int = Field(56, gt=0)
+    patch_size: int = Field(14, gt=0)
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 128
+
+
+class VisionConfig(Strict):
+    name_or_path: str | None = None  # HF name, local path or s3:// path of a CLIPVisionModel checkpoint
+    random_init: RandomVision | None = None
+    image_size: int | None = None  # resolution fed to the tower; defaults to the checkpoint's own
+    feature_layer: int = -2  # hidden state taken from the tower (LLaVA-1.5: penultimate)
+    feature_select: Literal["patch", "cls_patch"] = "patch"  # patch drops CLS (LLaVA-1.5)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VisionConfig:
+        if (self.name_or_path is None) == (self.random_init is None):
+            raise ValueError("set exactly one of name_or_path or random_init")
+        return self
+
+
+class RandomLLM(Strict):
+    """A randomly initialised Llama-architecture LLM."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    intermediate_size: int = 256
+    max_position_embeddings: int = 2048
+
+
+class LLMConfig(Strict):
+    name_or_path: str | None = None  # e.g. lmsys/vicuna-7b-v1.5
+    random_init: RandomLLM | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LLMConfig:
+        if (self.name_or_path is None) == (self.random_init is None):
+            raise ValueError("set exactly one of name_or_path or random_init")
+        return self
+
+
+class TokenizerConfig(Strict):
+    name_or_path: str | None = None  # None: train a Llama-style SentencePiece tokenizer on the corpus
+    vocab_size: int = 512  # only for a locally trained tokenizer
+
+
+class ModelConfig(Strict):
+    vision: VisionConfig
+    llm: LLMConfig
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    connector: str = "mlp2x_gelu"  # linear | mlp{N}x_gelu | identity | auto (from the sweep)
+
+
+# ---------------------------------------------------------------- data
+
+
+class DataSource(Strict):
+    """One annotation file (LLaVA JSON list or JSONL) and the folder its `image` paths are relative to."""
+
+    annotations: str
+    image_root: str | None = None
+    name: str | None = None  # per-source counts in stats; defaults to the file name
+
+
+class SynthConfig(Strict):
+    size: Literal["tiny", "small", "medium"] = "tiny"
+    seed: int = 0
+
+
+class DataConfig(Strict):
+    synth: SynthConfig | None = None  # generate the synthetic world; `{synth}` in paths points at it
+    pretrain: list[DataSource] = []
+    finetune: list[DataSource] = []
+
+
+class PrepareConfig(Strict):
+    over_length: Literal["truncate", "reject"] = "truncate"
+    max_image_pixels: int = 178_956_970  # decompression-bomb guard (PIL's default limit)
+    rows_per_shard: int = 4096
+    cpus_per_task: float = 0.5
+
+
+# ---------------------------------------------------------------- training
+
+
+class OptimConfig(Strict):
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    connector_lr: float | None = None  # own lr for the connector (LoRA recipe: 2e-5)
+    max_grad_norm: float = 0.0  # 0 = no clipping, as the reference's DeepSpeed configs
+
+
+class ScheduleConfig(Strict):
+    kind: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+
+
+class LoraConfig(Strict):
+    r: int = Field(128, gt=0)
+    alpha: int = 256
+    dropout: float = 0.05
+
+
+class TrainStageConfig(Strict):
+    template: Literal["plain", "vicuna_v1"]
+    image_mode: Literal["pad", "square"]
+    trainable: Literal["connector", "connector+llm"]
+    global_batch: int = Field(gt=0)
+    per_device_batch: int = Field(gt=0)
+    num_workers: int = Field(1, gt=0)  # data-parallel world size
+    use_gpu: bool = True
+    cpus_per_worker: float = 1.0
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = None  # cap on optimizer steps (proxy runs, tests)
+    max_length: int = Field(2048, gt=0)
+    precision: Literal["bf16", "fp32"] = "bf16"
+    gradient_checkpointing: bool = True
+    group_by_modality_length: bool = False
+    deepspeed: str  # path of the DeepSpeed JSON, relative to the repo's configs/ folder or absolute
+    optim: OptimConfig
+    schedule: ScheduleConfig = ScheduleConfig()
+    lora: LoraConfig | None = None
+    checkpoint_every: int = Field(0, ge=0)  # optimizer steps between checkpoints; 0 = only at the end
+    max_failures: int = 1
+    seed: int = 42
+
+    @property
+    def gradient_accumulation(self) -> int:
+        """Micro-batches per optimizer step so that per-device × accumulation × world = global."""
+        per_step = self.per_device_batch * self.num_workers
+        return self.global_batch // per_step
+
+    @model_validator(mode="after")
+    def _batch_arithmetic(self) -> TrainStageConfig:
+        per_step = self.per_device_batch * self.num_workers
+        if self.global_batch % per_step:
+            raise ValueError(
+                f"global_batch {self.global_batch} is not a multiple of per_device_batch "
+                f"{self.per_device_batch} × num_workers {self.num_workers} = {per_step}; "
+                "change per_device_batch or num_workers so gradient accumulation is a whole number"
+            )
+        if self.lora is not None and self.trainable != "connector+llm":
+            raise ValueError("lora needs trainable: connector+llm")
+        return self
+
+
+# ---------------------------------------------------------------- whole pipeline
+
+
+class PipelineConfig(Strict):
+    name: str
+    storage: str = "./runs/{name}"  # storage root: local path or s3://bucket/prefix
+    seed: int = 0
+    model: ModelConfig
+    data: DataConfig
+    prepare: PrepareConfig = PrepareConfig()
+    pretrain: TrainStageConfig
+    finetune: TrainStageConfig
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _describe(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else f"{value!r} ({type(value).__name__})"
+
+
+_EXPECTED = {
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "int_parsing": "expected an integer",
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "missing": "required key is missing",
+    "extra_forbidden": "unknown key",
+}
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        kind = e["type"]
+        if kind in ("missing", "extra_forbidden"):
+            lines.append(f"{source}: {path}: {_EXPECTED[kind]}")
+        elif kind in _EXPECTED:
+            lines.append(f"{source}: {path}: {_EXPECTED[kind]}, got {_describe(e['input'])}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {path or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def _parse_scalar(text: str) -> Any:
+    """`--set` values are YAML scalars: 1e-5, true, null, [a, b] all mean what they look like."""
+    value = yaml.safe_load(text) if text else ""
+    # YAML 1.1 reads "1e-5" as a string; a user typing a number means a number.
+    if isinstance(value, str):
+        try:
+            f = float(value)
+            if math.isfinite(f):
+                return f
+        except ValueError:
+            pass
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.path=value` overrides to a raw config mapping (a copy)."""
+    out = yaml.safe_load(yaml.safe_dump(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(text)
+    return out
+
+
+def _yaml_floats(node: Any) -> Any:
+    """YAML 1.1 leaves `1e-3` (no dot) a string; read such strings as the numbers they are."""
+    if isinstance(node, dict):
+        return {k: _yaml_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_yaml_floats(v) for v in node]
+    if isinstance(node, str):
+        try:
+            if any(c.isdigit() for c in node) and ("e" in node.lower()) and not node.strip().isalpha():
+                return float(node)
+        except ValueError:
+            return node
+    return node
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A config name (`tiny`), a file in configs/, or any path."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+        if candidate.exists():
+            return candidate
+    raise ConfigError(f"config {str(path)!r} not found (looked in . and {CONFIG_DIR})")
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    p = resolve_path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return _yaml_floats(raw)
+
+
+def validate(raw: dict[str, Any], source: str = "<config>") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(source, e)) from None
+
+
+def load_config(path: str | Path = "tiny", overrides: list[str] | None = None) -> PipelineConfig:
+    """Read, override and validate a pipeline config."""
+    p = resolve_path(path)
+    raw = apply_overrides(load_raw(p), overrides or [])
+    return validate(raw, str(p))
+
+
+def deepspeed_config_path(stage: TrainStageConfig) -> Path:
+    p = Path(stage.deepspeed)
+    return p if p.is_absolute() else CONFIG_DIR / p

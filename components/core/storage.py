@@ -1,0 +1,74 @@
+"""Paths that may be local or `s3://`, through fsspec (s3fs for S3).
+
+Credentials and endpoints come from the standard AWS environment/config (AWS_ACCESS_KEY_ID,
+AWS_ENDPOINT_URL, ~/.aws/...); nothing here stores or prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with '/', keeping a URL scheme intact."""
+    if is_remote(base):
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://" + posixpath.join(rest, *parts)
+    return posixpath.join(base, *parts)
+
+
+def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path within it) for a local path or URL."""
+    return url_to_fs(path)
+
+
+def pyarrow_filesystem(path: str) -> tuple[Any, str]:
+    """A pyarrow filesystem (for Ray Data / Ray Train) and the path within it."""
+    from pyarrow.fs import FSSpecHandler, LocalFileSystem, PyFileSystem
+
+    fs, inner = filesystem(path)
+    if not is_remote(path):
+        return LocalFileSystem(), inner
+    return PyFileSystem(FSSpecHandler(fs)), inner
+
+
+def read_bytes(path: str) -> bytes:
+    fs, inner = filesystem(path)
+    with fs.open(inner, "rb") as f:
+        return f.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    fs, inner = filesystem(path)
+    parent = posixpath.dirname(inner)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(inner, "wb") as f:
+        f.write(data)
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str) -> Any:
+    return json.loads(read_bytes(path))
+
+
+def exists(path: str) -> bool:
+    fs, inner = filesystem(path)
+    return fs.exists(inner)
+
+
+def makedirs(path: str) -> None:
+    fs, inner = filesystem(path)
+    fs.makedirs(inner, exist_ok=True)

@@ -1,0 +1,73 @@
+"""Make a checkpoint location usable by `from_pretrained`: remote folders (s3://…) are copied to a local cache.
+
+HF hub names and local paths pass through untouched (the hub has its own cache). A remote folder is cached
+under a key built from its URL and its files' sizes and ETags, so a changed checkpoint is fetched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import fsspec
+
+CACHE_ENV = "LLAVA_PIPELINE_CACHE"
+
+
+def cache_root() -> Path:
+    """Where remote checkpoints are copied; `$LLAVA_PIPELINE_CACHE` or ~/.cache/llava-pipeline."""
+    root = os.environ.get(CACHE_ENV)
+    return Path(root) if root else Path.home() / ".cache" / "llava-pipeline"
+
+
+def is_remote(name_or_path: str) -> bool:
+    """True for URLs with a scheme other than file:// (s3://, gs://, memory://, …)."""
+    scheme, sep, _ = name_or_path.partition("://")
+    return bool(sep) and scheme not in ("", "file")
+
+
+def localize(name_or_path: str) -> str:
+    """A local folder for a remote checkpoint URL; anything else is returned as given.
+
+    Copies into a temporary sibling and renames, so concurrent workers on one node never see a half copy.
+    """
+    if not is_remote(name_or_path):
+        return name_or_path.removeprefix("file://")
+    fs, root = fsspec.core.url_to_fs(name_or_path)
+    try:
+        listing = fs.find(root, detail=True)
+    except OSError as e:
+        raise FileNotFoundError(f"{name_or_path}: cannot list the checkpoint folder ({e})") from None
+    files = {p: info for p, info in listing.items() if info.get("type", "file") == "file"}
+    if not files:
+        raise FileNotFoundError(f"{name_or_path}: no files found (expected a checkpoint folder)")
+
+    prefix = root.rstrip("/") + "/"
+    digest = hashlib.sha256(name_or_path.encode())
+    for path in sorted(files):
+        info = files[path]
+        tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+        digest.update(f"\0{path}\0{info.get('size')}\0{tag}".encode())
+    target = cache_root() / "remote" / digest.hexdigest()[:24]
+    if target.is_dir():
+        return str(target)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    try:
+        for path in files:
+            rel = path[len(prefix) :] if path.startswith(prefix) else Path(path).name
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(dest))
+        try:
+            staging.rename(target)
+        except OSError:
+            if not target.is_dir():  # lost a race only if the winner's copy is there
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)

@@ -1,0 +1,119 @@
+"""The `prepare` stage on Ray Data: records → validated, tokenized Parquet shards, with full accounting.
+
+Output of one dataset (pretrain or finetune), under `out`:
+  shards/*.parquet   kept samples (compact token ids, labels, image reference, lengths)
+  stats.json         totals, kept, rejected by reason, truncated, per-source counts, length histogram
+  rejected.jsonl     one line per rejected record: id, source, file, index, reason, message
+kept + rejected = total, always.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from components.core import storage
+from components.core.config import DataSource
+
+from .process import KEPT_SCHEMA, PrepareSettings, SourceInfo, process_records, raw_from_row, raw_to_row
+from .records import split_records
+from .stats import compute_stats
+
+OUTPUT_SCHEMA = pa.schema(list(KEPT_SCHEMA) + [("reason", pa.string()), ("message", pa.string())])
+
+
+def source_infos(sources: list[DataSource]) -> dict[str, SourceInfo]:
+    """Keyed by annotation path; names default to the file name and must be unique."""
+    infos: dict[str, SourceInfo] = {}
+    for s in sources:
+        name = s.name or s.annotations.rstrip("/").rsplit("/", 1)[-1]
+        if any(i.name == name for i in infos.values()):
+            raise ValueError(f"two data sources are both named {name!r}; give them distinct `name`s")
+        infos[s.annotations] = SourceInfo(name=name, file=s.annotations, image_root=s.image_root)
+    return infos
+
+
+def read_source_rows(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every record of one annotation file, as a row (a read failure is one rejected record)."""
+    path = row["file"]
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError:
+        yield {"source": path, "index": 0, "record_json": "", "reason": "malformed_json",
+               "message": f"{path}: annotation file does not exist"}
+        return
+    for raw in split_records(data, path):
+        yield raw_to_row(raw)
+
+
+class RecordProcessor:
+    """Ray Data actor: holds one tokenizer, processes batches of raw record rows."""
+
+    def __init__(self, tokenizer_dir: str, sources: dict[str, SourceInfo], settings: PrepareSettings) -> None:
+        from components.models.tokenizer import load_tokenizer
+
+        self.tok = load_tokenizer(tokenizer_dir)
+        self.sources = sources
+        self.settings = settings
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        raws = [raw_from_row(r) for r in batch.to_pylist()]
+        kept, rejected = process_records(raws, self.sources, self.tok, self.settings)
+        rows = [{**r, "reason": "", "message": ""} for r in kept]
+        rows += [{**r, "image": "", "image_width": 0, "image_height": 0, "input_ids": [], "labels": [],
+                  "length": 0, "modality_length": 0, "truncated": False} for r in rejected]
+        rows.sort(key=lambda r: (r["file"], r["index"]))  # keep file order inside a batch
+        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+
+
+def _only_kept(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.equal(batch["reason"], "")).select(KEPT_SCHEMA.names)
+
+
+def prepare_dataset(
+    sources: list[DataSource],
+    out: str,
+    settings: PrepareSettings,
+    tokenizer_dir: str,
+    *,
+    num_actors: int = 2,
+    cpus_per_actor: float = 0.5,
+    batch_size: int = 256,
+    rows_per_shard: int = 4096,
+) -> dict[str, Any]:
+    """Run the Ray Data pipeline for one dataset and write shards, stats.json and rejected.jsonl."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # same input → same shards
+    infos = source_infos(sources)
+    files = ray.data.from_items([{"file": f} for f in infos], override_num_blocks=len(infos))
+    raw = files.flat_map(read_source_rows, num_cpus=cpus_per_actor)
+    processed = raw.map_batches(
+        RecordProcessor,
+        fn_constructor_kwargs={"tokenizer_dir": tokenizer_dir, "sources": infos, "settings": settings},
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_cpus=cpus_per_actor,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+    ).materialize()
+
+    fs, inner = storage.pyarrow_filesystem(storage.join(out, "shards"))
+    processed.map_batches(_only_kept, batch_format="pyarrow", batch_size=None).repartition(
+        max(1, -(-processed.count() // rows_per_shard))
+    ).write_parquet(inner, filesystem=fs, mode="overwrite")
+
+    summary_cols = ["id", "source", "file", "index", "image", "length", "truncated", "reason", "message"]
+    rows = processed.select_columns(summary_cols).take_all()
+    kept = [r for r in rows if not r["reason"]]
+    rejected = [{k: r[k] for k in ("id", "source", "file", "index", "reason", "message")}
+                for r in rows if r["reason"]]
+    stats = compute_stats(kept, rejected)
+    storage.write_json(storage.join(out, "stats.json"), stats)
+    lines = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rejected)
+    storage.write_bytes(storage.join(out, "rejected.jsonl"), lines.encode())
+    return stats

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 # The VQA evaluation's contraction table (data, as published with the VQA challenge evaluation).
 # Keys with capitals ("Im", "Ive", "Id've") can never match after lower-casing; kept for fidelity.
+# fmt: off
 _CONTRACTIONS: dict[str, str] = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
     "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
@@ -53,6 +54,7 @@ _NUMBER_WORDS = {
 _ARTICLES = frozenset({"a", "an", "the"})
 _PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`",
                 ",", "?", "!")
+# fmt: on
 _DIGIT_COMMA_DIGIT = re.compile(r"(?<=\d),+(?=\d)")
 # A period not followed by a digit (the official pattern's intended look-behind is a no-op, so "2." and
 # "a.b" lose their period while "2.5" and ".5" keep it).
@@ -160,9 +162,14 @@ def binary_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[st
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "TP": tp, "FP": fp, "TN": tn, "FN": fn,
+        "TP": tp,
+        "FP": fp,
+        "TN": tn,
+        "FN": fn,
         "accuracy": (tp + tn) / len(labels),
-        "precision": precision, "recall": recall, "f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
         "yes_ratio": sum(pred) / len(pred),
     }
 
@@ -193,12 +200,27 @@ def mme_subtask(pairs: Sequence[tuple[tuple[str, str], tuple[str, str]]]) -> dic
     acc = sum(sum(r) for r in right) / n_questions
     acc_plus = sum(all(r) for r in right) / len(pairs)
     other = sum(p == "other" for pair in pairs for _, p in pair)
-    return {"acc": acc, "acc_plus": acc_plus, "score": 100.0 * (acc + acc_plus), "other_answers": other,
-            "images": len(pairs)}
+    return {
+        "acc": acc,
+        "acc_plus": acc_plus,
+        "score": 100.0 * (acc + acc_plus),
+        "other_answers": other,
+        "images": len(pairs),
+    }
 
 
-MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
-                  "artwork", "OCR")
+MME_PERCEPTION = (
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+)
 MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 
 
@@ -227,7 +249,7 @@ def sqa_choice_index(letter: str | None, n_choices: int, options: Sequence[str] 
 
 
 _LEADING_LETTER = re.compile(r"^\(?([A-Z])(?:[.):]|\s*$)")
-_ANSWER_IS_LETTER = re.compile(r"answer is:?\s*\(?([A-Z])\b", re.IGNORECASE)
+_ANSWER_IS_LETTER = re.compile(r"(?i:answer is):?\s*\(?([A-Z])\b")
 
 
 def parse_option_letter(text: str, options: Mapping[str, str]) -> str | None:
@@ -241,7 +263,7 @@ def parse_option_letter(text: str, options: Mapping[str, str]) -> str | None:
     m = _LEADING_LETTER.match(s)
     if m and m.group(1) in options:
         return m.group(1)
-    said = {x.upper() for x in _ANSWER_IS_LETTER.findall(s)}
+    said = set(_ANSWER_IS_LETTER.findall(s))
     if len(said) == 1 and (letter := said.pop()) in options:
         return letter
     plain = s.rstrip(".").strip().lower()
@@ -297,8 +319,12 @@ def relative_scores(pairs: Sequence[tuple[float, float]]) -> dict[str, float]:
         raise ValueError("no judged pairs")
     ref = sum(p[0] for p in pairs) / len(pairs)
     cand = sum(p[1] for p in pairs) / len(pairs)
-    return {"relative": 100.0 * cand / ref if ref else 0.0, "reference": 10.0 * ref, "candidate": 10.0 * cand,
-            "n": len(pairs)}
+    return {
+        "relative": 100.0 * cand / ref if ref else 0.0,
+        "reference": 10.0 * ref,
+        "candidate": 10.0 * cand,
+        "n": len(pairs),
+    }
 
 
 def mean(values: Iterable[float]) -> float:

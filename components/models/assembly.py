@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from components.core.config import ModelConfig
 from components.models.connectors import HF_NATIVE, connector_of, is_hf_native, set_connector
@@ -89,8 +90,9 @@ def num_image_tokens(cfg: ModelConfig) -> int:
 
 def _resize_positions(tower: CLIPVisionModel, vc: CLIPVisionConfig) -> CLIPVisionModel:
     """A copy of `tower` for resolution vc.image_size, its position grid resized bicubically (CLS kept)."""
-    key = "vision_model.embeddings.position_embedding.weight"
     state = tower.state_dict()
+    # transformers 5.2x flattened CLIPVisionModel (no `vision_model.` level); find the key either way.
+    key = next(k for k in state if k.endswith("embeddings.position_embedding.weight"))
     pos = state[key]  # (1 + g², D)
     old_grid = int(round((pos.shape[0] - 1) ** 0.5))
     new_grid = vc.image_size // vc.patch_size
@@ -197,9 +199,15 @@ def load_llava(path: str | Path, *, dtype: torch.dtype = torch.float32) -> Llava
     local = localize(str(path))
     config = AutoConfig.from_pretrained(local)
     spec = getattr(config, "mm_projector_type", HF_NATIVE)
-    model = LlavaForConditionalGeneration.from_pretrained(local, dtype=dtype)
     if is_hf_native(spec):
-        return model
+        return LlavaForConditionalGeneration.from_pretrained(local, dtype=dtype)
+    # The load report would list the connector keys as missing/unexpected; they are loaded just below.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(local, dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     set_connector(model, spec)
     # transformers 5 saves Llava keys in the legacy layout (`multi_modal_projector.*`, no `model.` prefix);
     # match on the slot name so either layout loads.

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import fsspec
+from components.core.storage import filesystem, is_remote
 
 CACHE_ENV = "LLAVA_PIPELINE_CACHE"
 
@@ -23,12 +23,6 @@ def cache_root() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "llava-pipeline"
 
 
-def is_remote(name_or_path: str) -> bool:
-    """True for URLs with a scheme other than file:// (s3://, gs://, memory://, …)."""
-    scheme, sep, _ = name_or_path.partition("://")
-    return bool(sep) and scheme not in ("", "file")
-
-
 def localize(name_or_path: str) -> str:
     """A local folder for a remote checkpoint URL; anything else is returned as given.
 
@@ -36,7 +30,7 @@ def localize(name_or_path: str) -> str:
     """
     if not is_remote(name_or_path):
         return name_or_path.removeprefix("file://")
-    fs, root = fsspec.core.url_to_fs(name_or_path)
+    fs, root = filesystem(name_or_path)
     try:
         listing = fs.find(root, detail=True)
     except OSError as e:

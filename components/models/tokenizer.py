@@ -112,4 +112,3 @@ def image_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     if token_id is None:
         raise ValueError(f"tokenizer has no {IMAGE_TOKEN} token; call add_llava_tokens(tokenizer) first")
     return int(token_id)
-

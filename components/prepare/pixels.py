@@ -1,0 +1,42 @@
+"""The streaming image map the training stages run on CPU workers over prepared shards.
+
+Shards hold image references, not pixels, so one prepared dataset serves every resolution and image
+mode. Each batch decodes its images once (JPEG draft mode straight to about the target size), pads or
+crops, resizes, and ships uint8 pixels; normalisation happens on the training worker (GPU when there is one).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+from components.core import images
+from components.core.storage import read_bytes
+
+
+def load_pixels(uri: str, mode: Literal["pad", "square"], size: int,
+                max_pixels: int = images.DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """uint8 (3, size, size) pixels of one image; zeros for a text-only sample (uri "")."""
+    if not uri:
+        return np.zeros((3, size, size), np.uint8)
+    img = images.decode_image(read_bytes(uri), source=uri, max_pixels=max_pixels, draft_size=size)
+    return images.transform_image(img, mode, size)
+
+
+class PixelLoader:
+    """map_batches callable: adds a `pixels` column (raw uint8 bytes of a (3, size, size) array)."""
+
+    def __init__(self, mode: Literal["pad", "square"], size: int) -> None:
+        self.mode = mode
+        self.size = size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        pixels = [load_pixels(uri, self.mode, self.size).tobytes() for uri in batch.column("image").to_pylist()]
+        return batch.append_column("pixels", pa.array(pixels, type=pa.binary()))
+
+
+def pixels_from_bytes(raw: list[bytes], size: int) -> np.ndarray:
+    """(N, 3, size, size) uint8 array from a batch's `pixels` column."""
+    return np.stack([np.frombuffer(b, np.uint8).reshape(3, size, size) for b in raw])

@@ -20,6 +20,9 @@ from pathlib import Path
 from random import Random
 from typing import Any, Literal
 
+import PIL
+from PIL import features
+
 from components.synth import conversations, prompts
 from components.synth.evalsets import write_eval_sets
 from components.synth.files import Writer
@@ -47,24 +50,34 @@ MANIFEST = "manifest.json"
 
 
 def _clear_previous(root: Path) -> None:
-    """Remove the files of an earlier world in `root` (listed by its manifest); refuse foreign content."""
+    """Remove an earlier world from `root` (the files its manifest lists); refuse anything else there."""
+    if not root.exists():
+        return
     manifest = root / MANIFEST
+    listed: set[Path] = set()
     if manifest.exists():
         try:
-            old = json.loads(manifest.read_text())
-            paths = [root / f["path"] for f in old["files"]]
+            listed = {root / f["path"] for f in json.loads(manifest.read_text())["files"]}
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(
                 f"{manifest}: not a synthetic-world manifest ({e}); remove the folder first"
             ) from None
-        for p in paths:
-            p.unlink(missing_ok=True)
-        manifest.unlink()
-        for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            if not any(d.iterdir()):
-                d.rmdir()
-    if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root}: folder is not empty and holds no synthetic world; choose an empty folder")
+        inside = root.resolve()
+        outside = [p for p in listed if inside not in p.resolve().parents]
+        if outside:
+            raise ValueError(f"{manifest}: lists {outside[0]}, outside {root}; refusing to delete it")
+    foreign = [p for p in root.rglob("*") if p.is_file() and p != manifest and p not in listed]
+    if foreign:
+        raise ValueError(
+            f"{root}: holds files that are not part of a synthetic world (e.g. {foreign[0]}); "
+            "choose an empty folder"
+        )
+    for p in listed:
+        p.unlink(missing_ok=True)
+    manifest.unlink(missing_ok=True)
+    for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(d.iterdir()):
+            d.rmdir()
 
 
 def _count(base: int, scale: float) -> int:
@@ -128,6 +141,13 @@ def generate_world(out: str | Path, *, seed: int = 0, size: Size = "tiny") -> di
         "seed": seed,
         "size": size,
         "facts": {**_facts(), "color_popularity": popularity},
+        # Byte identity holds for the same encoders; these versions say which ones made the files.
+        "encoders": {
+            "pillow": PIL.__version__,
+            "libjpeg": features.version("jpg"),
+            "zlib": features.version("zlib"),
+            "freetype": features.version("freetype2"),
+        },
         "pretrain": {"annotations": "pretrain/captions.json", "image_root": "images"},
         "finetune": {"annotations": "finetune/mix.json", "image_root": "images"},
         "eval": evals,

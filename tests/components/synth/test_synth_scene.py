@@ -63,13 +63,19 @@ def test_rendered_centre_pixel_is_the_shape_colour_in_png_and_jpeg():
 
 
 def test_label_is_drawn_below_the_centre_inside_the_shape():
-    scene = Scene(140, 100, (128, 128, 128), (Shape("yellow", "triangle", "top left", "fox", (35, 25), 30),), "png")
+    scene = Scene(
+        140, 100, (128, 128, 128), (Shape("yellow", "triangle", "top left", "fox", (35, 25), 30),), "png"
+    )
     px, x, y = label_layout(scene.shapes[0])
     assert y > 0 and 6 <= px <= 10
     image = render(scene)
     # The label's ink (black on yellow) appears only in the lower half of the shape.
-    ink = [(i, j) for i in range(20, 51) for j in range(10, 41) if image.getpixel((i, j)) != COLORS["yellow"]
-           and image.getpixel((i, j)) != (128, 128, 128)]
+    ink = [
+        (i, j)
+        for i in range(20, 51)
+        for j in range(10, 41)
+        if image.getpixel((i, j)) != COLORS["yellow"] and image.getpixel((i, j)) != (128, 128, 128)
+    ]
     assert ink and all(j > 25 for _, j in ink)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from typing import Any
 
 from components.synth import knowledge
@@ -140,66 +141,65 @@ def build_sqa(b: Bench) -> None:
 # ---------------------------------------------------------------- MMBench
 
 
+MMBENCH_COLUMNS = "index question hint A B C D answer category l2-category image source split".split()
+
+
+@dataclass(frozen=True)
+class _Base:
+    """One MMBench question before its circular copies are made."""
+
+    index: int
+    question: str
+    hint: str
+    options: list[str]
+    answer: int
+    kind: str
+    image_b64: str
+
+
 def _mmbench_text(qa: QA, options: list[str], lang: str) -> tuple[str, list[str]]:
     if lang == "en":
         return qa.question, options
-    return CN_QUESTIONS[qa.kind].format(t=CN_WORDS.get(qa.target, qa.target)), [
-        CN_WORDS.get(o, o) for o in options
-    ]
+    question = CN_QUESTIONS[qa.kind].format(t=CN_WORDS.get(qa.target, qa.target))
+    return question, [CN_WORDS.get(o, o) for o in options]
 
 
 def build_mmbench(b: Bench, lang: str, tsv_name: str) -> None:
     """Base questions plus their circular copies: copy k has index k*1_000_000 + base and options
     rotated by k, so a circular evaluation can require every copy right."""
-    header = [
-        "index",
-        "question",
-        "hint",
-        "A",
-        "B",
-        "C",
-        "D",
-        "answer",
-        "category",
-        "l2-category",
-        "image",
-        "source",
-        "split",
-    ]
-    bases: list[list[Any]] = []
-    base_index = 0
-    while sum(r[0] for r in bases) < b.n:  # each base question gives one row per option
+    bases: list[_Base] = []
+    while sum(len(x.options) for x in bases) < b.n:  # each base question gives one row per option
         scene, qa = sample_question(b.rng, MMBENCH_KINDS)
         options, answer = choices(qa, b.rng, 4)
         question, shown = _mmbench_text(qa, options, lang)
         hint = MMBENCH_HINT[lang] if b.rng.random() < 0.3 else ""
-        image = base64.b64encode(b.w.embedded(f"{b.path(tsv_name)}#{base_index}", scene)).decode()
-        bases.append([len(shown), base_index, question, hint, shown, answer, qa.kind, image])
-        base_index += 1
+        image = base64.b64encode(b.w.embedded(f"{b.path(tsv_name)}#{len(bases)}", scene)).decode()
+        bases.append(_Base(len(bases), question, hint, shown, answer, qa.kind, image))
     rows = []
-    for copy in range(max(r[0] for r in bases)):
-        for m, index, question, hint, shown, answer, kind, image in bases:
+    for copy in range(max(len(x.options) for x in bases)):
+        for x in bases:
+            m = len(x.options)
             if copy >= m:
                 continue
-            rotated = shown[copy:] + shown[:copy]
-            letter = LETTERS[(answer - copy) % m]
-            category, l2 = MMBENCH_CATEGORIES[kind]
+            rotated = x.options[copy:] + x.options[:copy] + [""] * (4 - m)
+            category, l2 = MMBENCH_CATEGORIES[x.kind]
+            letter = LETTERS[(x.answer - copy) % m]
             rows.append(
                 [
-                    copy * 1_000_000 + index,
-                    question,
-                    hint,
-                    *(rotated + [""] * (4 - m)),
+                    copy * 1_000_000 + x.index,
+                    x.question,
+                    x.hint,
+                    *rotated,
                     letter,
                     category,
                     l2,
-                    image,
+                    x.image_b64,
                     "synthetic",
                     "dev",
                 ]
             )
     b.has_images = False
-    b.w.tsv(b.path(tsv_name), header, rows, role="eval_questions", benchmark=b.name)
+    b.w.tsv(b.path(tsv_name), MMBENCH_COLUMNS, rows, role="eval_questions", benchmark=b.name)
     b.questions, b.n_questions = b.path(tsv_name), len(rows)
     b.annotations.append(b.path(tsv_name))
 

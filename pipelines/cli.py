@@ -1,0 +1,138 @@
+"""`llava-pipeline`: the command line. Each subcommand is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from components.core.config import ConfigError, PipelineConfig, load_config
+
+
+def _config(args: argparse.Namespace) -> PipelineConfig:
+    return load_config(args.config, args.set)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from components.synth.world import generate_world
+
+    manifest = generate_world(args.out, seed=args.seed, size=args.size)
+    counts: dict[str, int] = {}
+    for f in manifest["files"]:
+        counts[f["role"]] = counts.get(f["role"], 0) + 1
+    print(f"synthetic world ({args.size}, seed {args.seed}) written to {args.out}")
+    for role, n in sorted(counts.items()):
+        print(f"  {role:24s} {n} files")
+    return 0
+
+
+def tokenizer_for(cfg: PipelineConfig, tokenizer_dir: str | None) -> Any:
+    """The run's tokenizer: given folder, the checkpoint's, or the locally trained one (built if needed)."""
+    from components.models.tokenizer import load_tokenizer
+    from pipelines.artifacts import local_tokenizer
+
+    if tokenizer_dir:
+        return load_tokenizer(tokenizer_dir)
+    if cfg.model.tokenizer.name_or_path:
+        return load_tokenizer(cfg.model.tokenizer.name_or_path)
+    return load_tokenizer(local_tokenizer(cfg))
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pipelines.inspect_sample import format_inspection, inspect_sample, load_sample
+
+    cfg = _config(args)
+    record, source = load_sample(args.sample, args.index)
+    info = inspect_sample(record, source, cfg, args.stage, tokenizer_for(cfg, args.tokenizer))
+    print(json.dumps(info) if args.json else format_inspection(info))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from components.evaluate.scoring import format_metrics, score_file, to_json
+
+    result = score_file(args.benchmark, args.predictions, args.questions, args.annotations)
+    print(to_json(result) if args.json else format_metrics(result))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "preprocess":
+        from components.prepare.bench import bench_preprocess
+
+        result = bench_preprocess(args.n)
+    elif args.what == "generate":
+        from components.evaluate.bench import bench_generate_cli
+
+        result = bench_generate_cli(n=args.n, device=args.device, model_dir=args.model)
+    else:
+        from components.train.bench import bench_train_cli
+
+        result = bench_train_cli(args)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    if positional:
+        p.add_argument("config", nargs="?", default="tiny", help="config name in configs/ or a YAML path")
+    else:
+        p.add_argument("--config", default="tiny", help="config name in configs/ or a YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set finetune.optim.lr=1e-5 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llava-pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="generate the synthetic world (training data + eval sets)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", choices=["tiny", "small", "medium"], default="tiny")
+    p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("inspect", help="show a sample's rendered prompt with its supervised spans")
+    p.add_argument("sample", help="JSON object, JSON list or JSONL file")
+    p.add_argument("--index", type=int, default=0, help="record index in a list or JSONL file")
+    p.add_argument("--stage", choices=["pretrain", "finetune"], default="finetune")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the config's)")
+    p.add_argument("--json", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_inspect)
+
+    p = sub.add_parser("score", help="score an answers file (reference answer format)")
+    p.add_argument("benchmark")
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--questions")
+    p.add_argument("--annotations")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("bench", help="benchmarks: our pipeline vs a baseline, side by side")
+    p.add_argument("what", choices=["preprocess", "generate", "train"])
+    p.add_argument("--n", type=int, default=None, help="number of samples")
+    p.add_argument("--device", default="auto", help="generate/train: cpu, cuda or auto")
+    p.add_argument("--model", default=None, help="generate: a model folder (default: a tiny random model)")
+    p.add_argument("--json", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(fn=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    fn: Callable[[argparse.Namespace], int] = args.fn
+    try:
+        return fn(args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        # Known, user-facing problems: one clear line, no traceback.
+        print(f"llava-pipeline {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

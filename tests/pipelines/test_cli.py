@@ -1,0 +1,59 @@
+import json
+
+from pipelines.cli import main
+
+SAMPLE = {"id": "x", "image": "a.jpg", "conversations": [
+    {"from": "human", "value": "What colour is the shape?\n<image>"}, {"from": "gpt", "value": "red"},
+    {"from": "human", "value": "Where is it?"}, {"from": "gpt", "value": "top left"}]}
+
+
+def test_inspect_json(tmp_path, tokenizer, capsys):
+    tok_dir = tmp_path / "tok"
+    tokenizer.save_pretrained(tok_dir)
+    (tmp_path / "s.json").write_text(json.dumps([SAMPLE]))
+    assert main(["inspect", str(tmp_path / "s.json"), "--config", "tiny", "--stage", "finetune",
+                 "--tokenizer", str(tok_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["prompt"].endswith("USER: <image>\nWhat colour is the shape? ASSISTANT: red</s>"
+                                   "USER: Where is it? ASSISTANT: top left</s>")
+    assert len(info["input_ids"]) == len(info["labels"])
+    assert info["supervised_text"] == "red</s>top left</s>"
+    assert info["num_image_tokens"] == 16  # tiny: 56 px / patch 14 → 4×4, CLS dropped
+    assert "<image×16>" in info["marked"] and "⟦red</s>⟧" in info["marked"]
+
+
+def test_inspect_pretrain_plain(tmp_path, tokenizer, capsys):
+    tok_dir = tmp_path / "tok"
+    tokenizer.save_pretrained(tok_dir)
+    rec = {"id": "c", "image": "a.jpg", "conversations": [
+        {"from": "human", "value": "Describe the image briefly.\n<image>"}, {"from": "gpt", "value": "a red circle"}]}
+    (tmp_path / "s.jsonl").write_text(json.dumps(SAMPLE) + "\n" + json.dumps(rec) + "\n")
+    assert main(["inspect", str(tmp_path / "s.jsonl"), "--index", "1", "--stage", "pretrain",
+                 "--tokenizer", str(tok_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "template plain" in out and "<image×16>⟦a red circle\n⟧" in out
+
+
+def test_bad_record_is_one_clear_line(tmp_path, tokenizer, capsys):
+    tok_dir = tmp_path / "tok"
+    tokenizer.save_pretrained(tok_dir)
+    (tmp_path / "bad.json").write_text(json.dumps({"id": "b", "conversations": [{"from": "gpt", "value": "x"}]}))
+    assert main(["inspect", str(tmp_path / "bad.json"), "--tokenizer", str(tok_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "bad.json record 0" in err and "conversations[0].from" in err
+
+
+def test_config_error_is_one_clear_line(tmp_path, capsys):
+    (tmp_path / "s.json").write_text(json.dumps(SAMPLE))
+    assert main(["inspect", str(tmp_path / "s.json"), "--set", "finetune.optim.lr=fast"]) == 2
+    err = capsys.readouterr().err
+    assert "finetune.optim.lr: expected a number, got 'fast'" in err
+
+
+def test_synth_command_is_deterministic(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "a"), "--seed", "3"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "b"), "--seed", "3"]) == 0
+    a = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    b = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert a == b and len(a["files"]) > 100
+    assert "eval_questions" in capsys.readouterr().out

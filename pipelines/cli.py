@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from components.core.config import ConfigError, PipelineConfig, load_config
+from pipelines.executor import PipelineError
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
@@ -50,6 +51,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.run_cmd import run_pipeline
+
+    return run_pipeline(_config(args), only=args.only, from_=args.from_, force=args.force,
+                        dry_run=args.dry_run, as_json=args.json, command=" ".join(sys.argv[1:]) or "run")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipelines.run_cmd import run_pipeline
+
+    return run_pipeline(_config(args), only=[], from_=[], force=args.force, dry_run=True, as_json=args.json)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from components.evaluate.scoring import format_metrics, score_file, to_json
 
@@ -88,6 +102,24 @@ def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> No
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llava-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the pipeline (default config: the embedded tiny world)")
+    _add_config_args(p, positional=True)
+    p.add_argument("--only", action="append", default=[], metavar="STAGE",
+                   help="run only this stage (or group, e.g. evaluate), reusing cached upstream outputs")
+    p.add_argument("--from", dest="from_", action="append", default=[], metavar="STAGE",
+                   help="run this stage and everything downstream, reusing cached upstream outputs")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="ignore the cache for this stage and everything downstream")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (same as `plan`) and exit")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("plan", help="show every stage as cached or run, and why (no Ray started)")
+    _add_config_args(p, positional=True)
+    p.add_argument("--force", action="append", default=[], metavar="STAGE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("synth", help="generate the synthetic world (training data + eval sets)")
     p.add_argument("--out", required=True)
@@ -128,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
         return fn(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, PipelineError, ValueError, FileNotFoundError) as e:
         # Known, user-facing problems: one clear line, no traceback.
         print(f"llava-pipeline {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -179,6 +179,35 @@ class TrainStageConfig(Strict):
         return self
 
 
+# ---------------------------------------------------------------- evaluate, export, tracking
+
+
+class EvaluateConfig(Strict):
+    benchmarks: list[str] = []  # registry names; each one is its own job in the DAG
+    root: str = "{synth}/eval"  # folder holding one sub-folder per benchmark (LLaVA's eval.zip layout)
+    template: Literal["plain", "vicuna_v1"] = "vicuna_v1"
+    batch_size: int = Field(16, gt=0)
+    num_actors: int = Field(1, gt=0)  # model replicas (one per GPU, or CPU workers)
+    use_gpu: bool = True
+    cpus_per_actor: float = 1.0
+    limit: int | None = None  # first N questions per benchmark (smoke runs)
+    parity_sample: int = 0  # questions re-answered at batch 1 to check batched decoding
+    blank_image_check: list[str] = []  # benchmarks also scored with blank images (image-dependence check)
+    concurrency: int = Field(1, gt=0)  # benchmark jobs run at once
+
+
+class ExportConfig(Strict):
+    enabled: bool = True
+    registered_model_name: str | None = None  # MLflow Model Registry name (default: the config name)
+    parity_sample: int = 8  # questions answered by plain transformers and by our path; must match
+    allow_custom_connector: bool = False  # export non-transformers connectors (needs our loader)
+
+
+class TrackingConfig(Strict):
+    tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite under the storage root
+    experiment: str = "llava-pipeline"
+
+
 # ---------------------------------------------------------------- whole pipeline
 
 
@@ -191,6 +220,9 @@ class PipelineConfig(Strict):
     prepare: PrepareConfig = PrepareConfig()
     pretrain: TrainStageConfig
     finetune: TrainStageConfig
+    evaluate: EvaluateConfig = EvaluateConfig()
+    export: ExportConfig = ExportConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"

@@ -1,0 +1,237 @@
+"""Batched greedy decoding for evaluation: `Generator` wraps a LlavaForConditionalGeneration and its tokenizer.
+
+The reference decodes one question at a time (model_vqa_loader asserts batch size 1). Here prompts are
+left-padded into batches and decoded with HF `generate` (greedy, KV cache): left padding keeps every
+prompt's last token in the last column, so all rows start generating at the same step, and position
+ids come from the attention mask, so a prompt's answer does not depend on its batch neighbours.
+`parity_differences` checks exactly that on a sample.
+
+Pure: no Ray. The evaluate stage runs one `Generator` per actor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
+
+from components.core.images import ImageError, decode_image, pixel_values, read_image_file
+from components.core.templates import TemplateName
+from components.core.tokenize import tokenize_prompt
+
+ImageRef = Image.Image | bytes | str | Path | None  # decoded, encoded bytes, a path/URL, or text-only
+ImageMode = Literal["pad", "square"]
+
+
+class GenerationError(ValueError):
+    """A prompt that cannot be generated for (unreadable image, prompt too long); names the item."""
+
+
+@dataclass(frozen=True)
+class GenItem:
+    """One prompt to answer: `key` names it in errors and results (the benchmark's question id)."""
+
+    key: str
+    prompt: str  # the question text, without "<image>" (the template places the image)
+    image: ImageRef = None
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """'auto' is fp16 on CUDA (as the reference evaluates) and fp32 on CPU (no fast half kernels)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    table = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+             "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+    if dtype not in table:
+        raise ValueError(f"dtype {dtype!r}: expected auto, fp32, fp16 or bf16")
+    return table[dtype]
+
+
+def resolve_device(device: str) -> str:
+    """'auto' is cuda when a GPU is visible, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU is visible here")
+    return device
+
+
+def model_image_settings(model: LlavaForConditionalGeneration) -> tuple[int, int]:
+    """(image size fed to the tower, image positions per image in the LLM sequence) from the model config."""
+    vc = model.config.vision_config
+    size, patch = int(vc.image_size), int(vc.patch_size)
+    n = (size // patch) ** 2
+    if model.config.vision_feature_select_strategy == "full":  # CLS kept
+        n += 1
+    return size, n
+
+
+class Generator:
+    """Greedy batched answers from a LLaVA model, prompts built by the training template code.
+
+    `generate_batch` takes prompts that either all have an image or all have none (Llava checks that the
+    image blocks in input_ids match the images given); `answer` groups any list that way itself.
+    """
+
+    def __init__(
+        self,
+        model: LlavaForConditionalGeneration,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        template: TemplateName = "vicuna_v1",
+        image_mode: ImageMode = "pad",
+        max_new_tokens: int = 128,
+        image_root: str | Path | None = None,
+    ) -> None:
+        if tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer has no pad token; call add_llava_tokens(tokenizer) first")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.template: TemplateName = template
+        self.image_mode: ImageMode = image_mode
+        self.max_new_tokens = max_new_tokens
+        self.image_root = image_root
+        self.image_size, self.num_image_tokens = model_image_settings(model)
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    @classmethod
+    def from_dir(
+        cls, model_dir: str | Path, *, device: str = "auto", dtype: str | torch.dtype = "auto", **kwargs: Any
+    ) -> Generator:
+        """Load a saved model folder (weights + tokenizer, local or s3://) onto `device`."""
+        from components.models.assembly import load_llava
+        from components.models.tokenizer import load_tokenizer
+
+        device = resolve_device(device)
+        model = load_llava(model_dir, dtype=resolve_dtype(dtype, device)).to(device)
+        return cls(model, load_tokenizer(str(model_dir)), **kwargs)
+
+    # ------------------------------------------------------------ inputs
+
+    def prompt_ids(self, prompt: str, has_image: bool) -> list[int]:
+        return tokenize_prompt(prompt, self.tokenizer, template=self.template,
+                               num_image_tokens=self.num_image_tokens, has_image=has_image)
+
+    def load_image(self, item: GenItem) -> Image.Image:
+        ref = item.image
+        try:
+            if isinstance(ref, Image.Image):
+                return ref
+            if isinstance(ref, bytes):
+                return decode_image(ref, source=f"question {item.key} (embedded image)")
+            if isinstance(ref, str | Path):
+                path = str(ref)
+                if self.image_root is not None and not Path(path).is_absolute() and "://" not in path:
+                    path = f"{str(self.image_root).rstrip('/')}/{path}"
+                return read_image_file(path)
+        except ImageError as e:
+            raise GenerationError(f"question {item.key}: {e}") from None
+        raise GenerationError(f"question {item.key}: no image to load (image is {type(ref).__name__})")
+
+    def _pixels(self, items: Sequence[GenItem]) -> torch.Tensor:
+        arrays = [pixel_values(self.load_image(it), self.image_mode, self.image_size) for it in items]
+        return torch.stack([torch.from_numpy(a) for a in arrays]).to(self.device, self.dtype)
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = int(self.tokenizer.pad_token_id)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # ------------------------------------------------------------ decoding
+
+    @torch.inference_mode()
+    def generate_batch(self, items: Sequence[GenItem], max_new_tokens: int | None = None) -> list[str]:
+        """Answers for one batch, in order. All items must have an image, or none may."""
+        if not items:
+            return []
+        has_image = {it.image is not None for it in items}
+        if len(has_image) > 1:
+            raise ValueError("a batch mixes image and text-only prompts; use Generator.answer to group them")
+        with_image = has_image.pop()
+        rows = [self.prompt_ids(it.prompt, with_image) for it in items]
+        input_ids, attention_mask = self._left_pad(rows)
+        inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if with_image:
+            inputs["pixel_values"] = self._pixels(items)
+        out = self.model.generate(
+            **inputs,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            # Greedy: sampling knobs a checkpoint's generation_config may carry must not warn or apply.
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+        new_tokens = out[:, input_ids.shape[1]:].cpu()
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    def answer(
+        self, items: Sequence[GenItem], *, batch_size: int, max_new_tokens: int | None = None
+    ) -> list[str]:
+        """Answers for any list, in input order: image and text-only prompts go in separate batches."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        answers: list[str | None] = [None] * len(items)
+        for with_image in (True, False):
+            group = [i for i, it in enumerate(items) if (it.image is not None) == with_image]
+            for start in range(0, len(group), batch_size):
+                chunk = group[start:start + batch_size]
+                texts = self.generate_batch([items[i] for i in chunk], max_new_tokens)
+                for i, text in zip(chunk, texts, strict=True):
+                    answers[i] = text
+        return [a if a is not None else "" for a in answers]
+
+
+def compare_answers(reference: Mapping[str, str], candidate: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Keys where two answer sets differ: [{key, reference, candidate}] (a missing answer is None)."""
+    keys = list(dict.fromkeys([*reference, *candidate]))
+    return [
+        {"key": k, "reference": reference.get(k), "candidate": candidate.get(k)}
+        for k in keys
+        if reference.get(k) != candidate.get(k)
+    ]
+
+
+def parity_differences(
+    generator: Generator, items: Sequence[GenItem], *, batch_size: int, max_new_tokens: int | None = None
+) -> list[dict[str, Any]]:
+    """Batch-1 answers (the reference's way) vs batched answers on `items`; [] when they all agree.
+
+    Each difference is {key, reference (batch 1), candidate (batched)}.
+    """
+    single = {it.key: generator.generate_batch([it], max_new_tokens)[0] for it in items}
+    batched = generator.answer(items, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return compare_answers(single, dict(zip([it.key for it in items], batched, strict=True)))
+
+
+def timed_answer(
+    generator: Generator, items: Sequence[GenItem], *, batch_size: int, max_new_tokens: int | None = None
+) -> tuple[list[str], float]:
+    """`answer` plus its wall time in seconds (CUDA work included: synchronised before reading the clock)."""
+    sync = torch.cuda.synchronize if generator.device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    texts = generator.answer(items, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    sync()
+    return texts, time.perf_counter() - start

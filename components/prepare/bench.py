@@ -1,0 +1,319 @@
+"""Preprocessing throughput, ours vs the reference's per-sample path, on the same synthetic data.
+
+OURS: the `prepare` Ray Data pipeline (validate, tokenize in batches, check that every image decodes, write
+shards) followed by the streaming pixel map the training stages run over those shards, consumed to the end.
+REFERENCE: what LLaVA's LazySupervisedDataset does per item in one process — PIL open, convert("RGB"),
+expand2square with the CLIP mean colour, transformers' PIL CLIPImageProcessor, and preprocess_v1's
+tokenization with the slow SentencePiece tokenizer (the whole prompt, then every round and every
+instruction part again for the masking lengths).
+
+Both figures are samples/s per CPU core: ours divides by the CPUs Ray used, the reference ran on one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from components.core.config import DataSource
+from components.core.conversation import IMAGE_TOKEN
+from components.core.templates import VICUNA_SYSTEM
+
+DEFAULT_N = 2000
+VOCAB_SIZE = 1000
+JPEG_QUALITY = 90
+TEXT_ONLY_FRACTION = 0.04  # ShareGPT is ~6% of the 665K mix
+LARGE_FRACTION = 0.1  # images 1.6x the base size (e.g. 1024x768)
+PORTRAIT_FRACTION = 0.1  # base size turned on its side
+NOISE_SIGMA = 16.0  # texture strength: ~120-150 KB per 640x480 JPEG at quality 90, about COCO's average
+IGNORE_INDEX = -100
+IMAGE_TOKEN_INDEX = -200  # the reference's placeholder id in tokenizer_image_token
+
+_SYLLABLES = "ka lo mi ne ru sa ti vo be da fe gi ho ju ly pa qu re so tu wa xe zo an el in or um".split()
+_QUESTION_TAILS = ("What is shown in the image?", "Describe the scene in detail.",
+                   "Answer the question using a single word or phrase.", "Where is it?")
+
+
+# ---------------------------------------------------------------- synthetic data
+
+
+def _word_list(rng: np.random.Generator, count: int = 3000) -> list[str]:
+    """Made-up words of 1-4 syllables: enough distinct text for a ~1000-piece BPE vocabulary."""
+    return ["".join(rng.choice(_SYLLABLES, size=int(rng.integers(1, 5)))) for _ in range(count)]
+
+
+def _sentence(rng: np.random.Generator, words: list[str], lo: int, hi: int) -> str:
+    picked = [words[i] for i in rng.integers(0, len(words), size=int(rng.integers(lo, hi + 1)))]
+    return " ".join(picked).capitalize() + "."
+
+
+def _conversation(rng: np.random.Generator, words: list[str], has_image: bool) -> list[dict[str, str]]:
+    turns = []
+    for r in range(int(rng.integers(1, 4))):
+        question = _sentence(rng, words, 4, 14) + " " + str(rng.choice(_QUESTION_TAILS))
+        if r == 0 and has_image:
+            # Real data puts <image> before or after the first question.
+            question = f"{IMAGE_TOKEN}\n{question}" if rng.random() < 0.7 else f"{question}\n{IMAGE_TOKEN}"
+        short = rng.random() < 0.4  # VQA-style one-word answers vs LLaVA-Instruct-style paragraphs
+        answer = _sentence(rng, words, 1, 2) if short else " ".join(
+            _sentence(rng, words, 6, 18) for _ in range(int(rng.integers(1, 6))))
+        turns += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return turns
+
+
+def _texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A photo-like canvas: smooth colour regions plus grain, so JPEGs are as dense as real photos."""
+    cells = rng.integers(0, 256, (height // 48 + 2, width // 48 + 2, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(cells).resize((width, height), Image.Resampling.BICUBIC), np.float32)
+    base += rng.normal(0.0, NOISE_SIGMA, base.shape).astype(np.float32)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def _jpeg(rng: np.random.Generator, texture: np.ndarray, width: int, height: int) -> bytes:
+    y = int(rng.integers(0, texture.shape[0] - height + 1))
+    x = int(rng.integers(0, texture.shape[1] - width + 1))
+    img = Image.fromarray(texture[y : y + height, x : x + width])
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(3, 8))):  # a few solid objects with sharp edges
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        box = [x0, y0, x0 + int(rng.integers(20, width // 2)), y0 + int(rng.integers(20, height // 2))]
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def write_bench_data(root: Path, n: int, image_size: tuple[int, int], seed: int = 0) -> dict[str, Any]:
+    """n LLaVA finetune records (annotations.json) with their JPEGs (images/) under `root`."""
+    rng = np.random.default_rng(seed)
+    words = _word_list(rng)
+    w, h = image_size
+    shapes = {"base": (w, h), "large": (w * 8 // 5, h * 8 // 5), "portrait": (h, w)}
+    side = max(max(s) for s in shapes.values()) + 64
+    texture = _texture(rng, side, side)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    records, image_bytes = [], 0
+    for i in range(n):
+        record: dict[str, Any] = {"id": f"bench-{i:06d}"}
+        has_image = rng.random() >= TEXT_ONLY_FRACTION
+        if has_image:
+            u = rng.random()
+            kind = "large" if u < LARGE_FRACTION else "portrait" if u < LARGE_FRACTION + PORTRAIT_FRACTION else "base"
+            data = _jpeg(rng, texture, *shapes[kind])
+            record["image"] = f"{i:06d}.jpg"
+            (root / "images" / record["image"]).write_bytes(data)
+            image_bytes += len(data)
+        record["conversations"] = _conversation(rng, words, has_image)
+        records.append(record)
+    annotations = root / "annotations.json"
+    annotations.write_text(json.dumps(records))
+    n_images = sum(1 for r in records if "image" in r)
+    return {"annotations": str(annotations), "image_root": str(root / "images"), "images": n_images,
+            "mean_image_kb": round(image_bytes / max(n_images, 1) / 1024, 1)}
+
+
+# ---------------------------------------------------------------- the reference's per-sample path
+
+
+def _expand2square(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    out = Image.new(img.mode, (side, side), background)
+    out.paste(img, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+class _SlowTokenizer:
+    """What transformers' slow LlamaTokenizer does for LLaVA: special tokens split out, SentencePiece on
+    each piece of text, BOS in front."""
+
+    def __init__(self, model_file: str) -> None:
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor(model_file=model_file)
+        self.bos, self.eos = self.sp.bos_id(), self.sp.eos_id()
+
+    def __call__(self, text: str) -> list[int]:
+        ids = [self.bos]
+        for i, chunk in enumerate(text.split("</s>")):
+            if i:
+                ids.append(self.eos)
+            if chunk:
+                ids.extend(self.sp.encode(chunk))
+        return ids
+
+    def image_token(self, prompt: str) -> list[int]:
+        """tokenizer_image_token: each `<image>`-separated chunk tokenized with BOS, later BOSes dropped."""
+        chunks = [self(c) for c in prompt.split(IMAGE_TOKEN)]
+        ids = list(chunks[0])
+        for c in chunks[1:]:
+            ids += [IMAGE_TOKEN_INDEX, *c[1:]]
+        return ids
+
+
+def _reference_prompt(conversations: list[dict[str, str]], has_image: bool) -> str:
+    parts = [VICUNA_SYSTEM + " "]
+    for t in conversations:
+        value = t["value"]
+        if has_image and IMAGE_TOKEN in value:  # preprocess_multimodal moves <image> to the turn's start
+            value = (IMAGE_TOKEN + "\n" + value.replace(IMAGE_TOKEN, "").strip()).strip()
+        parts.append(f"USER: {value} " if t["from"] == "human" else f"ASSISTANT: {value}</s>")
+    return "".join(parts)
+
+
+def _reference_tokenize(tok: _SlowTokenizer, conversations: list[dict[str, str]], has_image: bool) -> list[int]:
+    """preprocess_v1: tokenize the prompt, then each round and instruction part again to mask labels."""
+    prompt = _reference_prompt(conversations, has_image)
+    encode = tok.image_token if has_image else tok
+    input_ids = encode(prompt)
+    labels = list(input_ids)
+    cur = 1
+    labels[0] = IGNORE_INDEX
+    sep = " ASSISTANT: "
+    for rou in prompt.split("</s>"):
+        if not rou:
+            break
+        parts = rou.split(sep)
+        if len(parts) != 2:
+            break
+        round_len = len(encode(rou))
+        instruction_len = len(encode(parts[0] + sep)) - 2
+        labels[cur : cur + instruction_len] = [IGNORE_INDEX] * instruction_len
+        cur += round_len
+    labels[cur:] = [IGNORE_INDEX] * (len(labels) - cur)
+    if cur != len(input_ids):  # the reference masks the whole sample on a mismatch
+        labels = [IGNORE_INDEX] * len(input_ids)
+    return labels
+
+
+def run_reference(annotations: str, image_root: str, tokenizer_model: str, size: int) -> int:
+    """The reference's per-sample loop over every record; returns the number of samples produced."""
+    from transformers import CLIPImageProcessorPil
+
+    # Built explicitly: without torchvision transformers 5 swaps CLIPImageProcessor for this class anyway.
+    processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    background = tuple(int(x * 255) for x in processor.image_mean)
+    tok = _SlowTokenizer(tokenizer_model)
+    records = json.loads(Path(annotations).read_text())
+    for record in records:
+        has_image = "image" in record
+        if has_image:
+            img = Image.open(os.path.join(image_root, record["image"])).convert("RGB")
+            img = _expand2square(img, background)
+            pixels = processor.preprocess(img, return_tensors="np")["pixel_values"][0]
+        else:
+            pixels = np.zeros((3, size, size), np.float32)
+        assert pixels.shape == (3, size, size)
+        _reference_tokenize(tok, record["conversations"], has_image)
+    return len(records)
+
+
+# ---------------------------------------------------------------- ours
+
+
+def run_ours(source: DataSource, out: str, tokenizer_dir: str, size: int, cpus: int) -> int:
+    """prepare (Ray Data) + the streaming pixel map over its shards, consumed; returns samples that came out."""
+    import ray
+
+    from .pixels import PixelLoader
+    from .process import PrepareSettings
+    from .stage import prepare_dataset
+
+    settings = PrepareSettings(template="vicuna_v1", num_image_tokens=(size // 14) ** 2, max_length=4096)
+    stats = prepare_dataset([source], out, settings, tokenizer_dir, num_actors=cpus, cpus_per_actor=1.0)
+    if stats["rejected"]:
+        raise RuntimeError(f"benchmark data had {stats['rejected']} rejected records: {stats['rejected_by_reason']}")
+    shards = ray.data.read_parquet(os.path.join(out, "shards"), override_num_blocks=4 * cpus)
+    pixels = shards.map_batches(PixelLoader("pad", size), batch_format="pyarrow", batch_size=32, num_cpus=1)
+    count = 0
+    for batch in pixels.iter_batches(batch_size=64, batch_format="pyarrow"):
+        count += batch.num_rows
+    return count
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def bench_preprocess(
+    n: int | None = DEFAULT_N,
+    *,
+    work_dir: str | None = None,
+    size: int = 336,
+    image_size: tuple[int, int] = (640, 480),
+) -> dict[str, Any]:
+    """Samples/s per CPU core of our preprocessing and of the reference's, on the same data; prints a table.
+
+    `n` None means DEFAULT_N. Ray is used as the caller initialised it, else started with every CPU
+    (start-up time not counted).
+    """
+    import ray
+
+    from components.models.tokenizer import SPM_FILE, train_tokenizer
+
+    from .run import corpus_texts
+
+    n = DEFAULT_N if n is None else n
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
+        root = Path(work_dir) if work_dir else Path(tmp)
+        data = write_bench_data(root / "data", n, image_size)
+        source = DataSource(annotations=data["annotations"], image_root=data["image_root"], name="bench")
+        tok_dir = root / "tokenizer"
+        train_tokenizer(corpus_texts([source]), VOCAB_SIZE, tok_dir)
+
+        started_ray = not ray.is_initialized()
+        if started_ray:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        try:
+            cpus = max(1, min(int(ray.cluster_resources().get("CPU", 1)), os.cpu_count() or 1))
+            t0 = time.perf_counter()
+            ours_count = run_ours(source, str(root / "prepared"), str(tok_dir), size, cpus)
+            ours_wall = time.perf_counter() - t0
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+        t0 = time.perf_counter()
+        ref_count = run_reference(data["annotations"], data["image_root"], str(tok_dir / SPM_FILE), size)
+        ref_wall = time.perf_counter() - t0
+
+    if ours_count != n or ref_count != n:
+        raise RuntimeError(f"expected {n} samples from both paths, got ours={ours_count} reference={ref_count}")
+    ours = n / ours_wall / cpus
+    reference = n / ref_wall
+    result = {
+        "n": n, "cpus": cpus, "size": size, "image_size": list(image_size), "images": data["images"],
+        "mean_image_kb": data["mean_image_kb"],
+        "ours_wall_s": round(ours_wall, 3), "reference_wall_s": round(ref_wall, 3),
+        "ours_per_core": round(ours, 2), "reference_per_core": round(reference, 2),
+        "ratio": round(ours / reference, 2),
+    }
+    print(format_table(result))
+    return result
+
+
+def format_table(r: dict[str, Any]) -> str:
+    w, h = r["image_size"]
+    lines = [
+        f"preprocess benchmark: n={r['n']}, {r['images']} JPEGs ~{w}x{h} (mean {r['mean_image_kb']} KB), "
+        f"pixels {r['size']}x{r['size']} pad",
+        f"{'path':<34}{'cores':>6}{'wall s':>9}{'samples/s/core':>16}",
+        f"{'ours (prepare + pixel map, Ray)':<34}{r['cpus']:>6}{r['ours_wall_s']:>9.2f}{r['ours_per_core']:>16.1f}",
+        f"{'reference (per sample, 1 process)':<34}{1:>6}{r['reference_wall_s']:>9.2f}"
+        f"{r['reference_per_core']:>16.1f}",
+        f"ratio ours/reference per core: {r['ratio']:.2f}x",
+    ]
+    return "\n".join(lines)

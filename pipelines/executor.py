@@ -1,0 +1,209 @@
+"""A small stage executor: fingerprints, a content-addressed cache, explainable plans, MLflow runs.
+
+It is not a distributed engine: stages run their own work on Ray. Outputs live under
+`{storage}/artifacts/{stage}/{fingerprint}/` and count as done only once `manifest.json` — written
+last — exists there, so a half-written output is never taken as done.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.core import storage
+from components.core.config import PipelineConfig
+from components.core.fingerprint import code_version, explain, fingerprint, stage_inputs
+from components.tracking import MlflowTarget
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    deps: tuple[str, ...]
+    config: Callable[[PipelineConfig], dict[str, Any]]  # the resolved config this stage depends on
+    code: tuple[str, ...]  # repo folders whose code the stage runs
+    run: Callable[[StageContext], dict[str, Any]]  # does the work, returns metrics
+    group: str = ""  # fan-out family (e.g. "evaluate"); `--only evaluate` selects all of it
+
+
+@dataclass
+class StageContext:
+    cfg: PipelineConfig
+    stage: Stage
+    fingerprint: str
+    out: str  # this stage's output folder
+    inputs: dict[str, str]  # upstream stage → its output folder
+    storage: str
+    mlflow: MlflowTarget | None = None
+
+
+@dataclass
+class PlannedStage:
+    stage: Stage
+    fingerprint: str
+    inputs: dict[str, Any]
+    out: str
+    action: str  # "cached" | "run" | "skip"
+    why: list[str] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+
+
+class PipelineError(RuntimeError):
+    """A user-facing pipeline problem (missing upstream output, unknown stage name, ...)."""
+
+
+def artifact_dir(root: str, stage: str, fp: str) -> str:
+    return storage.join(root, "artifacts", stage, fp)
+
+
+def read_manifest(out: str) -> dict[str, Any] | None:
+    path = storage.join(out, MANIFEST)
+    return storage.read_json(path) if storage.exists(path) else None
+
+
+def latest_manifest(root: str, stage: str) -> dict[str, Any] | None:
+    """The newest committed manifest of a stage, whatever its fingerprint (for explaining changes)."""
+    fs, inner = storage.filesystem(storage.join(root, "artifacts", stage))
+    if not fs.exists(inner):
+        return None
+    best = None
+    for path in fs.glob(inner.rstrip("/") + "/*/" + MANIFEST):
+        with fs.open(path, "rb") as f:
+            import json
+
+            m = json.loads(f.read())
+        if best is None or m.get("finished_at", 0) > best.get("finished_at", 0):
+            best = m
+    return best
+
+
+def select(stages: list[Stage], names: list[str]) -> set[str]:
+    """Stage names matching names or groups; unknown ones are an error naming the valid choices."""
+    chosen: set[str] = set()
+    for n in names:
+        hit = {s.name for s in stages if s.name == n or s.group == n}
+        if not hit:
+            valid = sorted({s.name for s in stages} | {s.group for s in stages if s.group})
+            raise PipelineError(f"unknown stage {n!r}; stages are: {', '.join(valid)}")
+        chosen |= hit
+    return chosen
+
+
+def downstream(stages: list[Stage], roots: set[str]) -> set[str]:
+    out = set(roots)
+    for s in stages:  # stages are in topological order
+        if any(d in out for d in s.deps):
+            out.add(s.name)
+    return out
+
+
+def make_plan(
+    cfg: PipelineConfig, stages: list[Stage], root: str, *, only: list[str] | None = None,
+    from_: list[str] | None = None, force: list[str] | None = None,
+) -> list[PlannedStage]:
+    """Fingerprint every stage and decide cached / run / skip, with reasons. Touches no Ray."""
+    forced = downstream(stages, select(stages, force or []))
+    if only:
+        wanted = select(stages, only)
+    elif from_:
+        wanted = downstream(stages, select(stages, from_))
+    else:
+        wanted = {s.name for s in stages}
+    fps: dict[str, str] = {}
+    plan: list[PlannedStage] = []
+    for s in stages:
+        inputs = stage_inputs(s.name, s.config(cfg), {d: fps[d] for d in s.deps}, code_version(s.code))
+        fp = fingerprint(inputs)
+        fps[s.name] = fp
+        out = artifact_dir(root, s.name, fp)
+        manifest = read_manifest(out)
+        if s.name not in wanted:
+            action, why = "skip", ["not selected"]
+        elif s.name in forced:
+            action, why = "run", ["forced (--force)"]
+        elif manifest is not None:
+            action, why = "cached", [f"output {fp} exists"]
+        else:
+            action = "run"
+            why = explain((latest_manifest(root, s.name) or {}).get("inputs"), inputs)
+        plan.append(PlannedStage(s, fp, inputs, out, action, why, manifest))
+    by_name = {p.stage.name: p for p in plan}
+    for p in plan:
+        if p.action == "skip":
+            continue
+        for d in p.stage.deps:
+            up = by_name[d]
+            if up.action == "skip" and up.manifest is None:
+                raise PipelineError(
+                    f"stage {p.stage.name} needs the output of {d} (fingerprint {up.fingerprint}), which does "
+                    f"not exist; run `llava-pipeline run --from {d}` (or without --only/--from) first"
+                )
+    return plan
+
+
+def _run_one(p: PlannedStage, cfg: PipelineConfig, root: str, outs: dict[str, str],
+             tracker: Any) -> dict[str, Any]:
+    """Run (or reuse) one stage; never raises — a failure is reported in the result."""
+    started = time.time()
+    run_id = tracker.start_stage(p) if tracker else None
+    result: dict[str, Any] = {"status": "", "fingerprint": p.fingerprint, "duration_s": 0.0, "metrics": {},
+                              "mlflow_run_id": run_id, "why": p.why, "output": p.out}
+    try:
+        if p.action == "cached":
+            assert p.manifest is not None
+            result.update(status="cached", metrics=p.manifest.get("metrics", {}),
+                          source_run_id=p.manifest.get("mlflow_run_id"))
+        else:
+            target = tracker.target(run_id) if tracker else None
+            ctx = StageContext(cfg, p.stage, p.fingerprint, p.out, {d: outs[d] for d in p.stage.deps}, root, target)
+            metrics = p.stage.run(ctx) or {}
+            result.update(status="ran", metrics=metrics)
+            storage.write_json(storage.join(p.out, MANIFEST), {
+                "stage": p.stage.name, "fingerprint": p.fingerprint, "inputs": p.inputs, "metrics": metrics,
+                "mlflow_run_id": run_id, "started_at": started, "finished_at": time.time(),
+                "duration_s": time.time() - started,
+            })
+    except Exception as e:  # reported per stage; the pipeline stops after this level
+        result.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    result["duration_s"] = round(time.time() - started, 2)
+    if tracker:
+        tracker.end_stage(run_id, p, result)
+    return result
+
+
+def execute(
+    cfg: PipelineConfig, plan: list[PlannedStage], root: str, tracker: Any = None, concurrency: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """Run a plan in dependency order; stages of one fan-out group run concurrently."""
+    results: dict[str, dict[str, Any]] = {}
+    outs = {p.stage.name: p.out for p in plan}
+    pending = [p for p in plan if p.action != "skip"]
+    for p in plan:
+        if p.action == "skip":
+            results[p.stage.name] = {"status": "skipped", "fingerprint": p.fingerprint, "duration_s": 0.0,
+                                     "metrics": {}, "mlflow_run_id": None, "why": p.why}
+    while pending:
+        ready = [p for p in pending if all(results.get(d, {}).get("status") in ("cached", "ran", "skipped")
+                                           for d in p.stage.deps if d in outs)]
+        blocked = [p for p in pending if any(results.get(d, {}).get("status") == "failed" for d in p.stage.deps)]
+        for p in blocked:
+            results[p.stage.name] = {"status": "skipped", "fingerprint": p.fingerprint, "duration_s": 0.0,
+                                     "metrics": {}, "mlflow_run_id": None, "why": ["an upstream stage failed"]}
+        pending = [p for p in pending if p not in blocked]
+        ready = [p for p in ready if p not in blocked]
+        if not ready:
+            break
+        # One level at a time: a fan-out group (all evaluate jobs) shares the pool.
+        group = ready[0].stage.group
+        level = [p for p in ready if group and p.stage.group == group] or ready[:1]
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(level)))) as pool:
+            for p, r in zip(level, pool.map(lambda q: _run_one(q, cfg, root, outs, tracker), level), strict=True):
+                results[p.stage.name] = r
+        pending = [p for p in pending if p not in level]
+    return results

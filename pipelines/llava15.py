@@ -1,0 +1,152 @@
+"""The LLaVA-1.5 recipe as a DAG, top to bottom like the paper:
+
+  synth (embedded default only) → prepare → pretrain (connector, ZeRO-2) → finetune (connector + LLM, ZeRO-3)
+  → evaluate.<benchmark> (one job each, fan-out) → export (HF LlavaForConditionalGeneration + registry)
+
+Each stage declares the config it depends on, the code it runs and its upstream stages; the executor
+turns that into fingerprints and cache decisions. Stage bodies import their heavy libraries lazily, so
+`plan` stays fast.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from components.core import storage
+from components.core.config import PipelineConfig
+
+from .executor import Stage, StageContext
+
+CORE = ("components/core",)
+
+
+def _dump(obj: Any) -> Any:
+    return obj.model_dump(mode="json") if hasattr(obj, "model_dump") else obj
+
+
+# ---------------------------------------------------------------- stage bodies
+
+
+def run_synth(ctx: StageContext) -> dict[str, Any]:
+    from components.synth.world import generate_world
+
+    synth = ctx.cfg.data.synth
+    assert synth is not None
+    if not storage.is_remote(ctx.out):
+        manifest = generate_world(ctx.out, seed=synth.seed, size=synth.size)
+    else:  # generate locally, then upload the folder
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = generate_world(tmp, seed=synth.seed, size=synth.size)
+            fs, inner = storage.filesystem(ctx.out)
+            fs.put(tmp + "/", inner, recursive=True)
+    return {"files": len(manifest["files"])}
+
+
+def run_prepare_stage(ctx: StageContext) -> dict[str, Any]:
+    from components.prepare.run import run_prepare
+
+    result = run_prepare(ctx.cfg, ctx.out, ctx.inputs.get("synth"))
+    metrics = {}
+    for name in ("pretrain", "finetune"):
+        for key in ("total", "kept", "rejected", "truncated"):
+            metrics[f"{name}_{key}"] = result[name][key]
+    return metrics
+
+
+def _train(ctx: StageContext, stage: str) -> dict[str, Any]:
+    from components.train.run import run_training
+
+    init = storage.join(ctx.inputs["pretrain"], "connector.safetensors") if stage == "finetune" else None
+    summary = run_training(
+        ctx.cfg, stage, prepared=ctx.inputs["prepare"], out=ctx.out, run_name=f"{stage}-{ctx.fingerprint}",
+        storage_path=storage.join(ctx.storage, "ray_train"), init_connector=init, mlflow=ctx.mlflow,
+    )
+    keys = ("steps", "samples", "tokens", "initial_loss", "final_loss", "wall_s", "resumed_from_step")
+    return {k: summary[k] for k in keys if k in summary and summary[k] is not None}
+
+
+def run_pretrain(ctx: StageContext) -> dict[str, Any]:
+    return _train(ctx, "pretrain")
+
+
+def run_finetune(ctx: StageContext) -> dict[str, Any]:
+    return _train(ctx, "finetune")
+
+
+def eval_root(cfg: PipelineConfig, inputs: dict[str, str]) -> str:
+    root = cfg.evaluate.root
+    if "{synth}" in root:
+        if "synth" not in inputs:
+            raise ValueError("evaluate.root uses {synth} but the config has no data.synth section")
+        root = root.replace("{synth}", inputs["synth"])
+    return root
+
+
+def run_evaluate(ctx: StageContext, bench: str) -> dict[str, Any]:
+    from components.evaluate.benchmarks import get_benchmark
+    from components.evaluate.stage import run_benchmark
+
+    ev = ctx.cfg.evaluate
+    spec = get_benchmark(bench)
+    common = dict(model_dir=storage.join(ctx.inputs["finetune"], "model"),
+                  eval_root=storage.join(eval_root(ctx.cfg, ctx.inputs), spec.folder), template=ev.template,
+                  batch_size=ev.batch_size, num_actors=ev.num_actors, use_gpu=ev.use_gpu, limit=ev.limit)
+    result = run_benchmark(bench, out_dir=ctx.out, parity_sample=ev.parity_sample, mlflow=ctx.mlflow, **common)
+    metrics: dict[str, Any] = {"status": result["status"]}
+    if result.get("value") is not None:
+        metrics[result["metric"]] = result["value"]
+    if result.get("parity") is not None:
+        metrics["parity_mismatches"] = len(result["parity"])
+    if bench in ev.blank_image_check:
+        blank = run_benchmark(bench, out_dir=storage.join(ctx.out, "blank_images"), blank_images=True, **common)
+        if blank.get("value") is not None:
+            metrics[f"blank_images_{blank['metric']}"] = blank["value"]
+    return metrics
+
+
+def run_export(ctx: StageContext) -> dict[str, Any]:
+    from components.export.stage import run_export_stage
+
+    evals = {name: path for name, path in ctx.inputs.items() if name.startswith("evaluate.")}
+    return run_export_stage(ctx.cfg, model_dir=storage.join(ctx.inputs["finetune"], "model"), out=ctx.out,
+                            eval_outputs=evals, pipeline_fingerprint=ctx.fingerprint, mlflow=ctx.mlflow)
+
+
+# ---------------------------------------------------------------- the DAG
+
+
+def build_stages(cfg: PipelineConfig) -> list[Stage]:
+    """The stages this config runs, in topological order."""
+    stages: list[Stage] = []
+    has_synth = cfg.data.synth is not None
+    if has_synth:
+        stages.append(Stage("synth", (), lambda c: {"data.synth": _dump(c.data.synth)},
+                            ("components/synth",), run_synth))
+    stages.append(Stage(
+        "prepare", ("synth",) if has_synth else (),
+        lambda c: {"data": _dump(c.data), "prepare": _dump(c.prepare), "tokenizer": _dump(c.model.tokenizer),
+                   "vision": _dump(c.model.vision),
+                   "pretrain": {"template": c.pretrain.template, "max_length": c.pretrain.max_length},
+                   "finetune": {"template": c.finetune.template, "max_length": c.finetune.max_length}},
+        ("components/prepare", "components/models", *CORE), run_prepare_stage))
+    stages.append(Stage("pretrain", ("prepare",),
+                        lambda c: {"model": _dump(c.model), "pretrain": _dump(c.pretrain)},
+                        ("components/train", "components/models", *CORE), run_pretrain))
+    stages.append(Stage("finetune", ("prepare", "pretrain"),
+                        lambda c: {"model": _dump(c.model), "finetune": _dump(c.finetune)},
+                        ("components/train", "components/models", *CORE), run_finetune))
+    eval_names = []
+    for bench in cfg.evaluate.benchmarks:
+        name = f"evaluate.{bench}"
+        eval_names.append(name)
+        stages.append(Stage(
+            name, ("finetune", "synth") if has_synth else ("finetune",),
+            lambda c, b=bench: {"benchmark": b, "evaluate": _dump(c.evaluate.model_copy(
+                update={"benchmarks": [], "concurrency": 1, "num_actors": 1}))},
+            ("components/evaluate", "components/models", *CORE),
+            lambda ctx, b=bench: run_evaluate(ctx, b), group="evaluate"))
+    if cfg.export.enabled:
+        stages.append(Stage("export", ("finetune", *eval_names), lambda c: {"export": _dump(c.export)},
+                            ("components/export", "components/models", *CORE), run_export))
+    return stages

@@ -10,6 +10,7 @@ from typing import Any
 
 from components.core.config import ConfigError, PipelineConfig, load_config
 from pipelines.executor import PipelineError
+from pipelines.job_client import JobError
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
@@ -90,6 +91,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipelines.jobs import submit
+
+    return submit(args.config, args.set, address=args.address, wait=args.wait, only=args.only, from_=args.from_,
+                  force=args.force, poll_s=args.poll, timeout_s=args.timeout)
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from pipelines import jobs
+
+    if args.command == "status":
+        return jobs.show_status(args.job, address=args.address, as_json=args.json)
+    if args.command == "logs":
+        return jobs.show_logs(args.job, address=args.address, follow_logs=args.follow)
+    return jobs.stop(args.job, address=args.address)
+
+
+def _add_stage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", action="append", default=[], metavar="STAGE",
+                   help="run only this stage (or group, e.g. evaluate), reusing cached upstream outputs")
+    p.add_argument("--from", dest="from_", action="append", default=[], metavar="STAGE",
+                   help="run this stage and everything downstream, reusing cached upstream outputs")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="ignore the cache for this stage and everything downstream")
+
+
+def _add_address_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, metavar="URL",
+                   help="Ray dashboard URL (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, else http://127.0.0.1:8265)")
+
+
 def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
     if positional:
         p.add_argument("config", nargs="?", default="tiny", help="config name in configs/ or a YAML path")
@@ -105,12 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the pipeline (default config: the embedded tiny world)")
     _add_config_args(p, positional=True)
-    p.add_argument("--only", action="append", default=[], metavar="STAGE",
-                   help="run only this stage (or group, e.g. evaluate), reusing cached upstream outputs")
-    p.add_argument("--from", dest="from_", action="append", default=[], metavar="STAGE",
-                   help="run this stage and everything downstream, reusing cached upstream outputs")
-    p.add_argument("--force", action="append", default=[], metavar="STAGE",
-                   help="ignore the cache for this stage and everything downstream")
+    _add_stage_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan (same as `plan`) and exit")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.set_defaults(fn=cmd_run)
@@ -152,6 +179,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_config_args(p)
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("submit", help="run the pipeline as a Ray Job on a cluster (uploads this project folder)")
+    _add_config_args(p, positional=True)
+    _add_stage_args(p)
+    _add_address_arg(p)
+    p.add_argument("--wait", action="store_true", help="stream the job's logs; exit non-zero unless it succeeds")
+    p.add_argument("--poll", type=float, default=5.0, metavar="SECONDS", help="--wait: status poll interval")
+    p.add_argument("--timeout", type=float, default=48 * 3600, metavar="SECONDS",
+                   help="--wait: give up waiting (the job keeps running) after this long")
+    p.set_defaults(fn=cmd_submit)
+
+    for name, text in (("status", "a submitted job's status"), ("logs", "a submitted job's logs"),
+                       ("stop", "stop a submitted job")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job", help="submission id (printed by submit)")
+        _add_address_arg(p)
+        if name == "status":
+            p.add_argument("--json", action="store_true")
+        if name == "logs":
+            p.add_argument("--follow", action="store_true", help="keep streaming until the job ends")
+        p.set_defaults(fn=cmd_job)
     return parser
 
 
@@ -160,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
         return fn(args)
-    except (ConfigError, PipelineError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, PipelineError, JobError, ValueError, FileNotFoundError) as e:
         # Known, user-facing problems: one clear line, no traceback.
         print(f"llava-pipeline {args.command}: error: {e}", file=sys.stderr)
         return 2

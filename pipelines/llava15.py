@@ -83,34 +83,58 @@ def eval_root(cfg: PipelineConfig, inputs: dict[str, str]) -> str:
     return root
 
 
+def local_eval_root(root: str, folders: list[str], tmp: str) -> str:
+    """An eval root the benchmark readers (local files only) can open: `root` itself when local; for s3://
+    a local folder linking just the needed benchmark folders, each copied once to the node's cache."""
+    if not storage.is_remote(root):
+        return root
+    from pathlib import Path
+
+    from components.models.remote import localize
+
+    local = Path(tmp) / "eval_root"
+    for folder in folders:
+        link = local / folder
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(localize(storage.join(root, folder)), target_is_directory=True)
+    return str(local)
+
+
 def run_evaluate(ctx: StageContext, bench: str) -> dict[str, Any]:
     from components.evaluate.benchmarks import get_benchmark
     from components.evaluate.stage import run_benchmark
 
     ev = ctx.cfg.evaluate
     spec = get_benchmark(bench)
-    common = dict(model_dir=storage.join(ctx.inputs["finetune"], "model"),
-                  eval_root=storage.join(eval_root(ctx.cfg, ctx.inputs), spec.folder), template=ev.template,
-                  batch_size=ev.batch_size, num_actors=ev.num_actors, use_gpu=ev.use_gpu, limit=ev.limit)
-    result = run_benchmark(bench, out_dir=ctx.out, parity_sample=ev.parity_sample, mlflow=ctx.mlflow, **common)
-    metrics: dict[str, Any] = {"status": result["status"]}
-    if result.get("value") is not None:
-        metrics[result["metric"]] = result["value"]
-    if result.get("parity") is not None:
-        metrics["parity_mismatches"] = len(result["parity"])
-    if bench in ev.blank_image_check:
-        blank = run_benchmark(bench, out_dir=storage.join(ctx.out, "blank_images"), blank_images=True, **common)
-        if blank.get("value") is not None:
-            metrics[f"blank_images_{blank['metric']}"] = blank["value"]
+    # The evaluate component reads and writes local files; an s3:// storage root is staged through this node.
+    with tempfile.TemporaryDirectory() as tmp, storage.staged_dir(ctx.out) as out:
+        common = dict(model_dir=storage.join(ctx.inputs["finetune"], "model"),
+                      eval_root=local_eval_root(eval_root(ctx.cfg, ctx.inputs), [spec.folder], tmp),
+                      template=ev.template, batch_size=ev.batch_size, num_actors=ev.num_actors, use_gpu=ev.use_gpu,
+                      limit=ev.limit)
+        result = run_benchmark(bench, out_dir=out, parity_sample=ev.parity_sample, mlflow=ctx.mlflow, **common)
+        metrics: dict[str, Any] = {"status": result["status"]}
+        if result.get("value") is not None:
+            metrics[result["metric"]] = result["value"]
+        if result.get("parity") is not None:
+            metrics["parity_mismatches"] = len(result["parity"])
+        if bench in ev.blank_image_check:
+            blank = run_benchmark(bench, out_dir=storage.join(out, "blank_images"), blank_images=True, **common)
+            if blank.get("value") is not None:
+                metrics[f"blank_images_{blank['metric']}"] = blank["value"]
     return metrics
 
 
 def run_export(ctx: StageContext) -> dict[str, Any]:
+    from components.evaluate.benchmarks import get_benchmark
     from components.export.stage import run_export_stage
 
     evals = {name: path for name, path in ctx.inputs.items() if name.startswith("evaluate.")}
-    return run_export_stage(ctx.cfg, model_dir=storage.join(ctx.inputs["finetune"], "model"), out=ctx.out,
-                            eval_outputs=evals, pipeline_fingerprint=ctx.fingerprint, mlflow=ctx.mlflow)
+    folders = [get_benchmark(name.split(".", 1)[1]).folder for name in evals]
+    with tempfile.TemporaryDirectory() as tmp:
+        return run_export_stage(ctx.cfg, model_dir=storage.join(ctx.inputs["finetune"], "model"), out=ctx.out,
+                                eval_outputs=evals, pipeline_fingerprint=ctx.fingerprint, mlflow=ctx.mlflow,
+                                eval_root=local_eval_root(eval_root(ctx.cfg, ctx.inputs), folders, tmp))
 
 
 # ---------------------------------------------------------------- the DAG
@@ -147,6 +171,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             ("components/evaluate", "components/models", *CORE),
             lambda ctx, b=bench: run_evaluate(ctx, b), group="evaluate"))
     if cfg.export.enabled:
-        stages.append(Stage("export", ("finetune", *eval_names), lambda c: {"export": _dump(c.export)},
+        export_deps = ("finetune", *eval_names, *(("synth",) if has_synth else ()))
+        stages.append(Stage("export", export_deps, lambda c: {"export": _dump(c.export)},
                             ("components/export", "components/models", *CORE), run_export))
     return stages

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,31 @@ def tracking_uri(cfg: PipelineConfig, root: str) -> str:
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*):[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """`scheme://user:password@host` loses its password before it reaches MLflow (params, tags, config)."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def ray_job_id() -> str | None:
+    """The Ray Jobs submission id of this process, if it is a job's entrypoint.
+
+    `llava-pipeline submit` sets LLAVA_PIPELINE_JOB_ID. Ray itself sets no id variable in the entrypoint's
+    environment (2.60); the id is in the job config it passes, RAY_JOB_CONFIG_JSON_ENV_VAR's
+    metadata.job_submission_id, which also covers `ray job submit` and KubeRay RayJobs.
+    """
+    if os.environ.get("LLAVA_PIPELINE_JOB_ID"):
+        return os.environ["LLAVA_PIPELINE_JOB_ID"]
+    try:
+        job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return None
+    job_id = (job_config.get("metadata") or {}).get("job_submission_id") if isinstance(job_config, dict) else None
+    return str(job_id) if job_id else None
+
+
 def artifact_location(root: str) -> str:
     return storage.join(root, "mlartifacts") if storage.is_remote(root) else str(Path(root).resolve() / "mlartifacts")
 
@@ -56,19 +82,19 @@ class PipelineTracker:
         exp = self.client.get_experiment_by_name(cfg.tracking.experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
             cfg.tracking.experiment, artifact_location=artifact_location(root))
-        tags = {"pipeline": cfg.name, "command": command, "storage": root}
-        job = os.environ.get("LLAVA_PIPELINE_JOB_ID") or os.environ.get("RAY_JOB_SUBMISSION_ID")
+        tags = {"pipeline": cfg.name, "command": redact(command), "storage": redact(root)}
+        job = ray_job_id()
         if job:
             tags["ray_job_id"] = job
         self.parent = self.client.create_run(self.experiment_id, run_name=f"{cfg.name}", tags=tags).info.run_id
-        params = {k: str(v)[:500] for k, v in flatten(cfg.model_dump(mode="json")).items()}
+        params = {k: redact(str(v))[:500] for k, v in flatten(cfg.model_dump(mode="json")).items()}
         items = list(params.items())
         from mlflow.entities import Param
 
         for i in range(0, len(items), 100):
             self.client.log_batch(self.parent, params=[Param(k, v) for k, v in items[i:i + 100]])
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            (Path(tmp) / "config.yaml").write_text(redact(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)))
             for stage in (cfg.pretrain, cfg.finetune):
                 src = deepspeed_config_path(stage)
                 dst = Path(tmp) / "deepspeed" / src.name

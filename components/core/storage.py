@@ -6,8 +6,11 @@ AWS_ENDPOINT_URL, ~/.aws/...); nothing here stores or prints them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -72,3 +75,20 @@ def exists(path: str) -> bool:
 def makedirs(path: str) -> None:
     fs, inner = filesystem(path)
     fs.makedirs(inner, exist_ok=True)
+
+
+@contextlib.contextmanager
+def staged_dir(path: str) -> Iterator[str]:
+    """A local folder standing for `path`, for code that only writes local files.
+
+    A local `path` is used as is. For a remote one the block writes to a temporary folder, uploaded to
+    `path` only when the block succeeds, so a failure leaves nothing half-written there.
+    """
+    if not is_remote(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="llava-stage-") as tmp:
+        yield tmp
+        fs, inner = filesystem(path)
+        fs.makedirs(inner, exist_ok=True)
+        fs.put(tmp.rstrip("/") + "/", inner.rstrip("/") + "/", recursive=True)

@@ -16,14 +16,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from components.core.templates import TemplateName
 from components.evaluate.benchmarks import Benchmark, Question, get_benchmark
-from components.evaluate.generate import GenItem, Generator, compare_answers
+from components.evaluate.generate import Generator, GenItem, compare_answers
 from components.evaluate.judge import Judge, JudgeConfig, JudgeNotConfigured, make_judge
 from components.evaluate.outputs import (
     category_rows,
@@ -38,23 +40,29 @@ _UPLOAD_EXT = {"mmbench": "tsv", "mmbench_cn": "tsv"}  # the rest upload JSON
 
 
 class GeneratorActor:
-    """Ray Data callable class: a batch of question rows -> {question_id, order, text, gen_s}."""
+    """Ray Data callable class: a batch of question rows -> {bench, question_id, text, single, gen_s}.
+
+    Rows may come from several benchmarks: they carry their own max_new_tokens and image location.
+    Rows flagged `parity` are also answered alone (batch 1, as the reference) into `single`.
+    """
 
     def __init__(
         self,
         model_dir: str,
         *,
-        image_root: str,
         template: TemplateName,
-        max_new_tokens: int,
         batch_size: int,
         use_gpu: bool,
         dtype: str = "auto",
+        cpus: float = 1.0,
         delay_first_batch_s: float = 0.0,
     ) -> None:
+        if not use_gpu:
+            # Match torch's intra-op threads to the CPUs Ray reserved: more threads than cores spin
+            # against each other and slow tiny matmuls down many times over.
+            torch.set_num_threads(max(1, round(cpus)))
         self.generator = Generator.from_dir(
-            model_dir, device="cuda" if use_gpu else "cpu", dtype=dtype, template=template,
-            image_mode="pad", max_new_tokens=max_new_tokens, image_root=image_root,
+            model_dir, device="cuda" if use_gpu else "cpu", dtype=dtype, template=template, image_mode="pad"
         )
         self.batch_size = batch_size
         self.delay_first_batch_s = delay_first_batch_s
@@ -66,14 +74,27 @@ class GeneratorActor:
             for k, p, path, data in zip(keys, batch["prompt"], batch["image_path"], batch["image_bytes"],
                                         strict=True)
         ]
+        limits = [int(x) for x in batch["max_new_tokens"]]
+        texts: list[str] = [""] * len(items)
         start = time.perf_counter()
-        texts = self.generator.answer(items, batch_size=self.batch_size)
+        for limit in sorted(set(limits)):
+            idx = [i for i, m in enumerate(limits) if m == limit]
+            answers = self.generator.answer([items[i] for i in idx], batch_size=self.batch_size,
+                                            max_new_tokens=limit)
+            for i, text in zip(idx, answers, strict=True):
+                texts[i] = text
         elapsed = time.perf_counter() - start
+        single: list[str | None] = [
+            self.generator.generate_batch([it], limit)[0] if flag else None
+            for it, limit, flag in zip(items, limits, batch["parity"], strict=True)
+        ]
         if self.delay_first_batch_s and int(np.min(batch["feed"])) == 0:
             time.sleep(self.delay_first_batch_s)  # test knob: the first batch finishes last
         return {
+            "bench": batch["bench"],
             "question_id": np.array(keys, dtype=object),
             "text": np.array(texts, dtype=object),
+            "single": np.array(single, dtype=object),
             "gen_s": np.full(len(keys), elapsed / max(1, len(keys))),
         }
 
@@ -86,18 +107,38 @@ def _image_ref(path: Any, data: Any) -> str | bytes | None:
     return None
 
 
-def question_rows(questions: Sequence[Question]) -> list[dict[str, Any]]:
-    """Rows for Ray Data, fed image prompts first and shortest prompts first; `feed` is the feed position."""
-    ordered = sorted(questions, key=lambda q: (q.image is None, len(q.prompt), q.index))
+@dataclass
+class _Job:
+    """One benchmark of a run: its questions (file order) and where things are."""
+
+    bench: Benchmark
+    root: Path
+    out: Path
+    questions: list[Question]
+    max_new_tokens: int
+    parity_ids: set[str] = field(default_factory=set)
+    judge: Judge | JudgeNotConfigured | None = None
+
+
+def _question_rows(jobs: Sequence[_Job]) -> list[dict[str, Any]]:
+    """Rows for Ray Data: image prompts first, then by generation length and prompt length (less padding).
+
+    `feed` is the position in this feed order; images are located here, so actors need no benchmark layout.
+    """
+    flat = [(job, q) for job in jobs for q in job.questions]
+    flat.sort(key=lambda jq: (jq[1].image is None, jq[0].max_new_tokens, len(jq[1].prompt)))
     return [
         {
+            "bench": job.bench.name,
             "question_id": q.question_id,
             "feed": i,
             "prompt": q.prompt,
-            "image_path": q.image if isinstance(q.image, str) else None,
+            "image_path": f"{job.root}/{q.image}" if isinstance(q.image, str) else None,
             "image_bytes": q.image if isinstance(q.image, bytes) else None,
+            "max_new_tokens": job.max_new_tokens,
+            "parity": q.question_id in job.parity_ids,
         }
-        for i, q in enumerate(ordered)
+        for i, (job, q) in enumerate(flat)
     ]
 
 
@@ -105,17 +146,16 @@ def generate_with_ray(
     rows: list[dict[str, Any]],
     *,
     model_dir: str,
-    image_root: str,
     template: TemplateName,
-    max_new_tokens: int,
     batch_size: int,
     num_actors: int,
     use_gpu: bool,
     cpus_per_actor: float = 1.0,
     dtype: str = "auto",
     delay_first_batch_s: float = 0.0,
-) -> tuple[dict[str, str], dict[str, Any]]:
-    """question_id -> answer for `rows`, generated by `num_actors` GeneratorActors; plus timing stats."""
+) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
+    """(bench, question_id) -> {text, single, gen_s} for `rows`, from `num_actors` GeneratorActors; plus
+    timing of the pass. Results arrive in completion order; callers re-sort."""
     import ray
 
     if batch_size < 1 or num_actors < 1:
@@ -129,35 +169,32 @@ def generate_with_ray(
         num_cpus=cpus_per_actor,
         fn_constructor_kwargs={
             "model_dir": model_dir,
-            "image_root": image_root,
             "template": template,
-            "max_new_tokens": max_new_tokens,
             "batch_size": batch_size,
             "use_gpu": use_gpu,
             "dtype": dtype,
+            "cpus": cpus_per_actor,
             "delay_first_batch_s": delay_first_batch_s,
         },
     )
-    answers: dict[str, str] = {}
-    arrival: list[str] = []
-    gen_s = 0.0
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    arrival: list[tuple[str, str]] = []
     for row in ds.iter_rows():
-        key = str(row["question_id"])
-        if key in answers:
-            raise RuntimeError(f"question {key} was answered twice by the actor pool")
-        answers[key] = str(row["text"])
+        key = (str(row["bench"]), str(row["question_id"]))
+        if key in results:
+            raise RuntimeError(f"{key[0]} question {key[1]} was answered twice by the actor pool")
+        results[key] = {"text": str(row["text"]), "single": row["single"], "gen_s": float(row["gen_s"])}
         arrival.append(key)
-        gen_s += float(row["gen_s"])
     wall = time.perf_counter() - start
-    feed_pos = {str(r["question_id"]): r["feed"] for r in rows}
+    feed_pos = {(r["bench"], str(r["question_id"])): r["feed"] for r in rows}
     positions = [feed_pos[k] for k in arrival]
     stats = {
-        "wall_s": wall,
-        "samples_per_s": len(answers) / wall if wall > 0 else None,
-        "actor_generate_s": gen_s,  # summed over actors: the part that is model time
+        "pass_wall_s": wall,  # actor start-up and model loading included
+        "pass_samples_per_s": len(results) / wall if wall > 0 else None,
+        "pass_questions": len(results),
         "out_of_order_arrivals": sum(1 for a, b in zip(positions, positions[1:], strict=False) if b < a),
     }
-    return answers, stats
+    return results, stats
 
 
 def _spread(questions: Sequence[Question], k: int) -> list[Question]:
@@ -169,7 +206,8 @@ def _spread(questions: Sequence[Question], k: int) -> list[Question]:
     return [questions[round(i * step)] for i in range(k)] if k > 1 else [questions[0]]
 
 
-def _skipped_for_judge(bench: Benchmark, questions: Sequence[Question], reason: str) -> dict[str, Any]:
+def _skipped_for_judge(job: _Job, reason: str) -> dict[str, Any]:
+    bench = job.bench
     return {
         "benchmark": bench.name,
         "metric": bench.metric,
@@ -178,15 +216,85 @@ def _skipped_for_judge(bench: Benchmark, questions: Sequence[Question], reason: 
         "status": "skipped",
         "reason": f"{bench.name} is scored by a GPT judge and none is configured ({reason}); "
         "nothing was generated",
-        "n_questions": len(questions),
-        "n_missing": len(questions),
+        "n_questions": len(job.questions),
+        "n_missing": len(job.questions),
         "paper": dict(bench.paper),
         "version": bench.version,
     }
 
 
-def run_benchmark(
-    bench_name: str,
+def _prepare_job(
+    name: str, eval_root: str | Path, out_dir: str | Path, limit: int | None, parity_sample: int,
+    max_new_tokens: int | None,
+) -> _Job:
+    bench = get_benchmark(name)
+    root = Path(eval_root) / bench.folder
+    questions = bench.load_questions(root)
+    if limit is not None:
+        questions = questions[:limit]  # a prefix: positional scorers (POPE, MME pairs) stay aligned
+    job = _Job(bench, root, Path(out_dir) / bench.name, questions, max_new_tokens or bench.max_new_tokens)
+    if parity_sample > 0:
+        job.parity_ids = {q.question_id for q in _spread(questions, parity_sample)}
+    return job
+
+
+def _finish(
+    job: _Job, results: dict[tuple[str, str], dict[str, Any]], pass_stats: dict[str, Any],
+    extra: dict[str, Any], mlflow: MlflowTarget | None,
+) -> dict[str, Any]:
+    """Score one benchmark's answers and write its files (answers re-sorted into question-file order)."""
+    bench, out = job.bench, job.out
+    mine = {q.question_id: results[(bench.name, q.question_id)] for q in job.questions}
+    answers = {k: r["text"] for k, r in mine.items()}
+    gen_s = sum(r["gen_s"] for r in mine.values())
+    timing = {
+        "actor_generate_s": gen_s,  # model time for this benchmark's batched answers, over all actors
+        "samples_per_s": len(mine) / gen_s if gen_s > 0 else None,
+        **pass_stats,
+    }
+    start = time.perf_counter()
+    result = bench.score(job.questions, answers, job.root, judge=job.judge if bench.needs_judge else None)
+    timing["score_s"] = time.perf_counter() - start
+    samples = result.pop("samples", [])
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"answers": str(out / "answers.jsonl")}
+    write_answers(out / "answers.jsonl", bench, job.questions, answers, extra["model_id"])
+    if samples:
+        files["samples"] = str(out / "samples.jsonl")
+        (out / "samples.jsonl").write_text(
+            "".join(json.dumps(s, ensure_ascii=False, default=str) + "\n" for s in samples), encoding="utf-8"
+        )
+    if bench.upload is not None:
+        path = out / "upload" / f"{bench.name}.{_UPLOAD_EXT.get(bench.name, 'json')}"
+        result["upload"] = bench.write_upload(bench.upload_questions(job.root), answers, path)
+        files["upload"] = str(path)
+    rows = category_rows(job.questions, samples)
+    files["table"] = str(out / "categories.csv")
+    write_category_table(out / "categories.csv", rows)
+    files["chart"] = str(out / "chart.png")
+    files["metrics"] = str(out / "metrics.json")
+
+    result.update(extra, generation={**extra["generation"], "max_new_tokens": job.max_new_tokens},
+                  timing=timing, categories=rows, files=files)
+    if job.parity_ids:
+        single = {k: r["single"] for k, r in mine.items() if k in job.parity_ids}
+        diffs = compare_answers(single, {k: answers[k] for k in single})
+        result["parity"] = {"n": len(single), "n_different": len(diffs), "differences": diffs[:20],
+                            "reference": "batch 1", "candidate": "batched"}
+    write_chart(out / "chart.png", result)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+
+    if mlflow is not None:
+        mlflow.log_metrics(mlflow_metrics(result))
+        mlflow.set_tags({f"eval.{bench.name}.status": result.get("status", "ok")})
+        for key in ("answers", "table", "chart", "metrics"):
+            mlflow.log_artifact(files[key], f"eval/{bench.name}")
+    return result
+
+
+def run_benchmarks(
+    bench_names: Sequence[str],
     *,
     model_dir: str | Path,
     eval_root: str | Path,
@@ -205,96 +313,82 @@ def run_benchmark(
     model_id: str | None = None,
     generate_without_judge: bool = False,
     delay_first_batch_s: float = 0.0,
+) -> list[dict[str, Any]]:
+    """`run_benchmark` for several benchmarks with one actor pool: each actor loads the model once and
+    answers every benchmark's questions. Returns one result per name, in the order given."""
+    if batch_size < 1 or num_actors < 1:
+        raise ValueError(f"batch_size and num_actors must be >= 1, got {batch_size} and {num_actors}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    jobs = [_prepare_job(n, eval_root, out_dir, limit, parity_sample, max_new_tokens) for n in bench_names]
+    dupes = {j.bench.name for j in jobs if sum(k.bench.name == j.bench.name for k in jobs) > 1}
+    if dupes:
+        raise ValueError(f"benchmarks named more than once: {sorted(dupes)}")
+
+    skipped: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        if not job.bench.needs_judge:
+            continue
+        job.judge = make_judge(judge)
+        if isinstance(job.judge, JudgeNotConfigured) and not generate_without_judge:
+            skipped[job.bench.name] = result = _skipped_for_judge(job, job.judge.reason)
+            job.out.mkdir(parents=True, exist_ok=True)
+            (job.out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+            if mlflow is not None:
+                mlflow.set_tags({f"eval.{job.bench.name}.status": "skipped"})
+    todo = [j for j in jobs if j.bench.name not in skipped]
+
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    pass_stats: dict[str, Any] = {}
+    if todo:
+        results, pass_stats = generate_with_ray(
+            _question_rows(todo), model_dir=str(model_dir), template=template, batch_size=batch_size,
+            num_actors=num_actors, use_gpu=use_gpu, cpus_per_actor=cpus_per_actor, dtype=dtype,
+            delay_first_batch_s=delay_first_batch_s,
+        )
+    extra = {
+        "model_dir": str(model_dir),
+        "model_id": model_id or Path(str(model_dir).rstrip("/")).name,
+        "limit": limit,
+        "generation": {"template": template, "image_mode": "pad", "greedy": True, "batch_size": batch_size,
+                       "num_actors": num_actors, "use_gpu": use_gpu, "dtype": dtype},
+    }
+    return [
+        skipped[j.bench.name] if j.bench.name in skipped else _finish(j, results, pass_stats, extra, mlflow)
+        for j in jobs
+    ]
+
+
+def run_benchmark(
+    bench_name: str,
+    *,
+    model_dir: str | Path,
+    eval_root: str | Path,
+    out_dir: str | Path,
+    template: TemplateName = "vicuna_v1",
+    batch_size: int = 8,
+    num_actors: int = 1,
+    use_gpu: bool = False,
+    limit: int | None = None,
+    parity_sample: int = 0,
+    judge: Judge | JudgeConfig | JudgeNotConfigured | None = None,
+    mlflow: MlflowTarget | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Generate answers for one benchmark with a Ray actor pool, score them and write the results.
 
     `eval_root` holds the benchmark folders as in LLaVA's eval.zip (`<eval_root>/<folder>/...`); results
     go to `<out_dir>/<benchmark>/`. `limit` takes the first N questions of the file (a prefix, so
-    positional scorers stay aligned); the score then covers those N only. `judge` None reads the
-    LLAVA_JUDGE_* environment; a judged benchmark without a judge is skipped (status "skipped") unless
-    `generate_without_judge`, which still writes answers and the grader's upload file.
-    `max_new_tokens` overrides the benchmark's (128 or 1024). `delay_first_batch_s` is a test knob.
+    positional scorers stay aligned); the score then covers those N only. `parity_sample` > 0 also
+    answers that many questions (spread over the file) at batch 1 and lists where they differ.
+    `judge` None reads the LLAVA_JUDGE_* environment; a judged benchmark without a judge is skipped
+    (status "skipped", nothing generated) unless `generate_without_judge=True`, which still writes the
+    answers and the grader's upload file. Further `options` (cpus_per_actor, dtype, max_new_tokens,
+    model_id, generate_without_judge, delay_first_batch_s) are those of `run_benchmarks`.
     """
-    bench = get_benchmark(bench_name)
-    root = Path(eval_root) / bench.folder
-    out = Path(out_dir) / bench.name
-    questions = bench.load_questions(root)
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        questions = questions[:limit]
-
-    resolved_judge: Judge | JudgeNotConfigured | None = None
-    if bench.needs_judge:
-        resolved_judge = make_judge(judge)
-        if isinstance(resolved_judge, JudgeNotConfigured) and not generate_without_judge:
-            result = _skipped_for_judge(bench, questions, resolved_judge.reason)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-            if mlflow is not None:
-                mlflow.set_tags({f"eval.{bench.name}.status": "skipped"})
-            return result
-
-    new_tokens = max_new_tokens or bench.max_new_tokens
-    gen_kwargs: dict[str, Any] = {
-        "model_dir": str(model_dir), "image_root": str(root), "template": template,
-        "max_new_tokens": new_tokens, "use_gpu": use_gpu, "cpus_per_actor": cpus_per_actor, "dtype": dtype,
-    }
-    answers, timing = generate_with_ray(
-        question_rows(questions), batch_size=batch_size, num_actors=num_actors,
-        delay_first_batch_s=delay_first_batch_s, **gen_kwargs,
+    (result,) = run_benchmarks(
+        [bench_name], model_dir=model_dir, eval_root=eval_root, out_dir=out_dir, template=template,
+        batch_size=batch_size, num_actors=num_actors, use_gpu=use_gpu, limit=limit,
+        parity_sample=parity_sample, judge=judge, mlflow=mlflow, **options,
     )
-
-    parity: dict[str, Any] | None = None
-    if parity_sample > 0:
-        sample = _spread(sorted(questions, key=lambda q: q.index), parity_sample)
-        single, _ = generate_with_ray(question_rows(sample), batch_size=1, num_actors=1, **gen_kwargs)
-        diffs = compare_answers(single, {q.question_id: answers[q.question_id] for q in sample})
-        parity = {"n": len(sample), "n_different": len(diffs), "differences": diffs[:20],
-                  "note": "reference = batch 1, candidate = batched"}
-
-    start = time.perf_counter()
-    result = bench.score(questions, answers, root, judge=resolved_judge if bench.needs_judge else None)
-    timing["score_s"] = time.perf_counter() - start
-    samples = result.pop("samples", [])
-
-    files: dict[str, str] = {}
-    model_name = model_id or Path(str(model_dir).rstrip("/")).name
-    files["answers"] = str(out / "answers.jsonl")
-    write_answers(out / "answers.jsonl", bench, questions, answers, model_name)
-    if samples:
-        files["samples"] = str(out / "samples.jsonl")
-        (out / "samples.jsonl").write_text(
-            "".join(json.dumps(s, ensure_ascii=False, default=str) + "\n" for s in samples), encoding="utf-8"
-        )
-    if bench.upload is not None:
-        path = out / "upload" / f"{bench.name}.{_UPLOAD_EXT.get(bench.name, 'json')}"
-        result["upload"] = bench.write_upload(bench.upload_questions(root), answers, path)
-        files["upload"] = str(path)
-    rows = category_rows(questions, samples)
-    files["table"] = str(out / "categories.csv")
-    write_category_table(out / "categories.csv", rows)
-    files["chart"] = str(out / "chart.png")
-
-    result.update(
-        model_dir=str(model_dir),
-        model_id=model_name,
-        limit=limit,
-        generation={"template": template, "image_mode": "pad", "greedy": True, "max_new_tokens": new_tokens,
-                    "batch_size": batch_size, "num_actors": num_actors, "use_gpu": use_gpu, "dtype": dtype},
-        timing=timing,
-        categories=rows,
-        files=files,
-    )
-    if parity is not None:
-        result["parity"] = parity
-    write_chart(out / "chart.png", result)
-    files["metrics"] = str(out / "metrics.json")
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
-
-    if mlflow is not None:
-        mlflow.log_metrics(mlflow_metrics(result))
-        mlflow.set_tags({f"eval.{bench.name}.status": result.get("status", "ok")})
-        for key in ("answers", "table", "chart", "metrics"):
-            mlflow.log_artifact(files[key], f"eval/{bench.name}")
     return result

@@ -35,6 +35,8 @@ LARGE_FRACTION = 0.1  # images 1.6x the base size (e.g. 1024x768)
 PORTRAIT_FRACTION = 0.1  # base size turned on its side
 NOISE_SIGMA = 16.0  # texture strength: ~120-150 KB per 640x480 JPEG at quality 90, about COCO's average
 IGNORE_INDEX = -100
+PREPARE_BATCH = 128  # records per tokenizer call / actor batch
+PIXEL_BATCH = 32  # images per pixel-map batch
 IMAGE_TOKEN_INDEX = -200  # the reference's placeholder id in tokenizer_image_token
 
 _SYLLABLES = "ka lo mi ne ru sa ti vo be da fe gi ho ju ly pa qu re so tu wa xe zo an el in or um".split()
@@ -230,14 +232,20 @@ def run_ours(source: DataSource, out: str, tokenizer_dir: str, size: int, cpus: 
     from .process import PrepareSettings
     from .stage import prepare_dataset
 
+    n = len(json.loads(Path(source.annotations).read_text()))
     settings = PrepareSettings(template="vicuna_v1", num_image_tokens=(size // 14) ** 2, max_length=4096)
-    stats = prepare_dataset([source], out, settings, tokenizer_dir, num_actors=cpus, cpus_per_actor=1.0)
+    # One actor per CPU; their logical share leaves room for the file-reading task, which would otherwise
+    # wait forever behind actors holding every CPU. A few shards per CPU (as a real dataset has many),
+    # because the pixel map reads one shard per task.
+    stats = prepare_dataset([source], out, settings, tokenizer_dir, num_actors=cpus,
+                            cpus_per_actor=cpus / (cpus + 1), batch_size=PREPARE_BATCH,
+                            rows_per_shard=max(PIXEL_BATCH, -(-n // (4 * cpus))))
     if stats["rejected"]:
         raise RuntimeError(f"benchmark data had {stats['rejected']} rejected records: {stats['rejected_by_reason']}")
-    shards = ray.data.read_parquet(os.path.join(out, "shards"), override_num_blocks=4 * cpus)
-    pixels = shards.map_batches(PixelLoader("pad", size), batch_format="pyarrow", batch_size=32, num_cpus=1)
+    pixels = ray.data.read_parquet(os.path.join(out, "shards")).map_batches(
+        PixelLoader("pad", size), batch_format="pyarrow", batch_size=PIXEL_BATCH)
     count = 0
-    for batch in pixels.iter_batches(batch_size=64, batch_format="pyarrow"):
+    for batch in pixels.iter_batches(batch_size=PIXEL_BATCH, batch_format="pyarrow"):
         count += batch.num_rows
     return count
 

@@ -92,7 +92,10 @@ def prepare_dataset(
     ctx.execution_options.preserve_order = True  # same input → same shards
     infos = source_infos(sources)
     files = ray.data.from_items([{"file": f} for f in infos], override_num_blocks=len(infos))
-    raw = files.flat_map(read_source_rows, num_cpus=cpus_per_actor)
+    # An annotation file reads as one block, and an actor takes whole blocks: cut it into batch-sized
+    # blocks so that every actor gets work.
+    raw = files.flat_map(read_source_rows, num_cpus=cpus_per_actor).repartition(
+        target_num_rows_per_block=batch_size)
     processed = raw.map_batches(
         RecordProcessor,
         fn_constructor_kwargs={"tokenizer_dir": tokenizer_dir, "sources": infos, "settings": settings},

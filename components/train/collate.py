@@ -36,11 +36,18 @@ def collate(
     *,
     names: Sequence[str] | None = None,
     device: torch.device | str = "cpu",
+    ensure_image: bool = False,
 ) -> dict[str, torch.Tensor | None]:
     """input_ids / attention_mask / labels (B, L) and pixel_values (n_images, 3, S, S) or None.
 
     `pixels[i]` is the row's raw uint8 (3, S, S) bytes, or None for a text-only row. `names` (row ids) only
     label errors. Normalisation runs on `device`, so only uint8 crosses to a GPU.
+
+    `ensure_image` gives an all-text batch one blank image, its token block appended to row 0 behind the
+    real tokens with attention 0 and labels IGNORE_INDEX: no real token attends to it and it adds nothing
+    to the loss, but the vision tower and connector still run. DeepSpeed needs that: ranks must run the same
+    modules in the same order (ZeRO-3 gathers parameters collectively) and reduce the same gradients.
+    The reference's zero image for text-only samples serves the same purpose.
     """
     if not (len(ids) == len(labels) == len(pixels)):
         raise ValueError(f"collate: {len(ids)} input_ids, {len(labels)} labels, {len(pixels)} pixel rows")
@@ -69,6 +76,11 @@ def collate(
                 raise ValueError(f"{name}: {len(raw)} pixel bytes, expected 3×{spec.image_size}² = {size}")
             images.append(np.frombuffer(raw, np.uint8).reshape(3, spec.image_size, spec.image_size))
 
+    real = [len(s) for s in seqs]  # attended tokens per row
+    if ensure_image and not images:
+        seqs[0] = seqs[0] + [spec.image_id] * spec.num_image_tokens
+        labs[0] = labs[0] + [IGNORE_INDEX] * spec.num_image_tokens
+        images.append(np.zeros((3, spec.image_size, spec.image_size), np.uint8))
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), spec.pad_id, dtype=torch.long)
     label_t = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
@@ -76,7 +88,7 @@ def collate(
     for i, (s, lab) in enumerate(zip(seqs, labs, strict=True)):
         input_ids[i, : len(s)] = torch.tensor(s)
         label_t[i, : len(s)] = torch.tensor(lab)
-        attention[i, : len(s)] = 1
+        attention[i, : real[i]] = 1
     pixel_values = None
     if images:
         pixel_values = normalize(torch.from_numpy(np.stack(images)).to(device))

@@ -1,0 +1,189 @@
+"""Write a finetuned model as a plain transformers `LlavaForConditionalGeneration` directory.
+
+The directory holds safetensors weights, config.json, generation_config.json (greedy, as every v1.5 eval
+script), the tokenizer, and a `LlavaProcessor` whose image processor pads to a square with the CLIP-mean
+colour before the shortest-edge resize and centre crop (transformers' own LLaVA image processor has
+`do_pad` for exactly this; CLIPImageProcessor has none), plus the vicuna_v1 chat template. The processor's
+patch_size, vision_feature_select_strategy and num_additional_image_tokens make it expand `<image>` to the
+model's image token count. Everything loads with `AutoProcessor` / `LlavaForConditionalGeneration`
+without trust_remote_code.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    AutoConfig,
+    LlavaForConditionalGeneration,
+    LlavaImageProcessorPil,
+    LlavaProcessor,
+    PreTrainedTokenizerBase,
+)
+
+from components.core.config import PipelineConfig
+from components.core.images import CLIP_MEAN, CLIP_STD
+from components.core.templates import TemplateName
+from components.evaluate.generate import model_image_settings
+from components.export.chat_template import chat_template
+from components.models.connectors import HF_NATIVE, is_hf_native
+from components.models.remote import localize
+
+GREEDY_MAX_NEW_TOKENS = 128  # model_vqa_loader's default (reference §5.1)
+CUSTOM_LOADER = "components.models.assembly.load_llava"
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked; the message names the config key to change."""
+
+
+def saved_connector_spec(model_dir: str) -> str:
+    """The connector recorded in a saved model's config (mm_projector_type), without loading weights."""
+    try:
+        config = AutoConfig.from_pretrained(localize(model_dir))
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{model_dir}: not a saved transformers model folder ({e})") from None
+    if config.model_type != "llava":
+        raise ExportError(f"{model_dir}: config.json has model_type {config.model_type!r}, expected 'llava'")
+    return str(getattr(config, "mm_projector_type", HF_NATIVE))
+
+
+def check_connector(spec: str, cfg: PipelineConfig) -> bool:
+    """True when `spec` needs our loader; raises unless transformers represents it or the opt-in is set."""
+    if is_hf_native(spec):
+        return False
+    if not cfg.export.allow_custom_connector:
+        raise ExportError(
+            f"export: the finetuned model's connector is {spec!r} (model.connector={cfg.model.connector!r}), "
+            f"which transformers' LlavaForConditionalGeneration cannot represent (it only has {HF_NATIVE}): "
+            "plain from_pretrained would load a randomly initialised projector. Train with "
+            f"model.connector: {HF_NATIVE}, or set export.allow_custom_connector: true to export anyway "
+            f"(the export then records mm_projector_type={spec!r} and must be loaded with {CUSTOM_LOADER})"
+        )
+    return True
+
+
+def build_processor(
+    model: LlavaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, template: TemplateName
+) -> LlavaProcessor:
+    """A LlavaProcessor that reproduces our evaluation inputs (pad mode) for this model."""
+    size, n_tokens = model_image_settings(model)
+    vc = model.config.vision_config
+    image_processor = LlavaImageProcessorPil(
+        do_pad=True,  # pad-to-square with tuple(int(255 * m) for m in image_mean) = PAD_COLOR
+        do_resize=True,
+        size={"shortest_edge": size},
+        do_center_crop=True,
+        crop_size={"height": size, "width": size},
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+        do_convert_rgb=True,
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=int(vc.patch_size),
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+        # The CLIP tower emits a CLS token besides the patches; the processor drops it again for "default".
+        num_additional_image_tokens=1,
+        chat_template=chat_template(template),
+    )
+    expands_to = (size // processor.patch_size) ** 2 + processor.num_additional_image_tokens
+    expands_to -= 1 if processor.vision_feature_select_strategy == "default" else 0
+    if expands_to != n_tokens or getattr(model.config, "image_seq_length", n_tokens) != n_tokens:
+        raise ExportError(
+            f"export: the processor would expand <image> to {expands_to} tokens, the model takes {n_tokens} "
+            f"(config.image_seq_length={getattr(model.config, 'image_seq_length', None)})"
+        )
+    return processor
+
+
+def greedy_generation_config(model: LlavaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> Any:
+    """The model's generation config set to greedy decoding with the reference's answer length."""
+    gen = copy.deepcopy(model.generation_config)
+    gen.do_sample = False
+    gen.num_beams = 1
+    gen.temperature = None
+    gen.top_p = None
+    gen.top_k = None
+    gen.max_new_tokens = GREEDY_MAX_NEW_TOKENS
+    gen.max_length = None
+    gen.bos_token_id = tokenizer.bos_token_id
+    gen.eos_token_id = tokenizer.eos_token_id
+    gen.pad_token_id = tokenizer.pad_token_id
+    return gen
+
+
+def model_card(*, name: str, spec: str, custom: bool, fingerprint: str, eval_tags: dict[str, str]) -> str:
+    """README.md for the exported folder: how to load and prompt it, and what it scored."""
+    if custom:
+        load = (
+            f"The connector is `{spec}` (config.mm_projector_type), which transformers cannot represent: "
+            f"plain `from_pretrained` would give a randomly initialised projector. Load it with "
+            f"`{CUSTOM_LOADER}(path)` from llava-pipeline."
+        )
+    else:
+        load = (
+            "```python\n"
+            "from transformers import AutoProcessor, LlavaForConditionalGeneration\n"
+            "processor = AutoProcessor.from_pretrained(path, backend=\"pil\")\n"
+            "model = LlavaForConditionalGeneration.from_pretrained(path)\n"
+            "messages = [{\"role\": \"user\", \"content\": [{\"type\": \"image\", \"image\": img},\n"
+            "                                          {\"type\": \"text\", \"text\": question}]}]\n"
+            "inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,\n"
+            "                                       return_dict=True, return_tensors=\"pt\")\n"
+            "answer = processor.decode(model.generate(**inputs)[0, inputs[\"input_ids\"].shape[1]:],\n"
+            "                          skip_special_tokens=True).strip()\n"
+            "```\n\n"
+            "`backend=\"pil\"` gives exactly the pixels the model was trained and evaluated on (the export's "
+            "parity check uses it); with torchvision installed, AutoProcessor otherwise picks the torchvision "
+            "backend, whose resize and normalisation are a separate implementation. The tokenizer pads on the "
+            "left for batched generation."
+        )
+    lines = [
+        f"# {name}",
+        "",
+        "A LLaVA-1.5-style model exported by llava-pipeline as a transformers `LlavaForConditionalGeneration`.",
+        "",
+        "## Loading",
+        "",
+        load,
+        "",
+        "## Prompt",
+        "",
+        "vicuna_v1 (the chat template renders it): `{system} USER: <image>\\n{question} ASSISTANT:`. Images are "
+        "padded to a square with the CLIP-mean colour (122, 116, 104) before the resize (`do_pad`). Decoding "
+        f"is greedy (generation_config: do_sample false, max_new_tokens {GREEDY_MAX_NEW_TOKENS}).",
+        "",
+        f"Pipeline fingerprint: `{fingerprint}`",
+    ]
+    if eval_tags:
+        lines += ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(eval_tags.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_dir(
+    model: LlavaForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    *,
+    template: TemplateName,
+    card: str,
+) -> list[str]:
+    """Save weights, configs, tokenizer, processor and README into local `out_dir`; returns file names."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = copy.deepcopy(tokenizer)  # the caller's tokenizer keeps its training padding side
+    tok.padding_side = "left"  # batched generation needs every prompt to end in the last column
+    tok.init_kwargs["padding_side"] = "left"  # save_pretrained writes init_kwargs, not the attribute
+    processor = build_processor(model, tok, template)
+    model.generation_config = greedy_generation_config(model, tok)
+    model.save_pretrained(str(out), max_shard_size="5GB")  # safetensors
+    processor.save_pretrained(str(out))  # tokenizer files, processor_config.json, chat_template.jinja
+    (out / "README.md").write_text(card, encoding="utf-8")
+    return sorted(p.name for p in out.iterdir())

@@ -1,0 +1,77 @@
+"""Evaluation results → model-version tags, and registration of the export in the MLflow Model Registry.
+
+The exported folder is logged as artifacts of the export stage's run, and a model version is created
+from `runs:/<run_id>/<artifact path>`, tagged with each benchmark's headline metric and the pipeline
+fingerprint, so a registry entry says which pipeline produced it and what it scored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from components.core import storage
+from components.tracking import MlflowTarget
+
+ARTIFACT_PATH = "model"
+_TAG_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")
+
+
+def read_eval_results(eval_outputs: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Benchmark name → its metrics.json, for each evaluation output that has one.
+
+    The evaluate stage writes `<out>/<benchmark>/metrics.json`; a metrics.json directly in the folder is
+    read too. Folders without one are left out (the benchmark did not finish there).
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for stage_name, folder in sorted(eval_outputs.items()):
+        bench = stage_name.split(".", 1)[1] if stage_name.startswith("evaluate.") else stage_name
+        for path in (storage.join(folder, bench, "metrics.json"), storage.join(folder, "metrics.json")):
+            if not storage.exists(path):
+                continue
+            try:
+                result = json.loads(storage.read_bytes(path))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from None
+            if not isinstance(result, dict):
+                raise ValueError(f"{path}: expected a JSON object, got {type(result).__name__}")
+            results[bench] = result
+            break
+    return results
+
+
+def _tag_key(*parts: str) -> str:
+    return _TAG_BAD_CHARS.sub("_", ".".join(parts))
+
+
+def eval_tags(results: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """`eval.<bench>.<metric>` = headline value and `eval.<bench>.status`, per benchmark."""
+    tags: dict[str, str] = {}
+    for bench, r in sorted(results.items()):
+        value = r.get("value")
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            tags[_tag_key("eval", bench, str(r.get("metric") or "value"))] = repr(float(value))
+        tags[_tag_key("eval", bench, "status")] = str(r.get("status", "ok"))
+    return tags
+
+
+def register_model(
+    target: MlflowTarget, *, name: str, local_dir: str, tags: dict[str, str], description: str
+) -> int:
+    """Log `local_dir` to the run and register it as a new version of model `name`; returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    client = target.client()
+    client.log_artifacts(target.run_id, local_dir, ARTIFACT_PATH)
+    try:
+        client.create_registered_model(name, description="LLaVA-1.5-style models exported by llava-pipeline")
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(
+        name, source=f"runs:/{target.run_id}/{ARTIFACT_PATH}", run_id=target.run_id, tags=tags,
+        description=description,
+    )
+    return int(version.version)

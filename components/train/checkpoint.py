@@ -1,0 +1,62 @@
+"""Resumable training state: DeepSpeed's checkpoint + meta.json + per-rank RNG, reported to Ray Train.
+
+Every rank writes its own ZeRO shard and RNG file into a scratch folder, rank 0 adds meta.json (step, data
+position, losses so far), and every rank reports it: Ray Train merges the folders into one checkpoint in run
+storage and keeps the newest `num_to_keep`. Frozen parameters are left out (they are rebuilt from the model
+config on resume), so a pretraining checkpoint holds the connector and its optimizer state, not the LLM.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+META = "meta.json"
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def save_and_report(engine: Any, meta: dict[str, Any], metrics: dict[str, float], rank: int) -> None:
+    """Collective: every rank must call it at the same step."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="llava-ckpt-") as tmp:
+        tag = f"step_{meta['step']}"
+        engine.save_checkpoint(tmp, tag=tag, exclude_frozen_parameters=True)
+        torch.save(_rng_state(), Path(tmp) / f"rng_rank{rank}.pt")
+        if rank == 0:
+            (Path(tmp) / META).write_text(json.dumps({**meta, "tag": tag}, indent=2))
+        dist.barrier()  # all shards on disk before any rank uploads
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def restore(engine: Any, rank: int) -> dict[str, Any] | None:
+    """Load the run's latest checkpoint into the engine (module, optimizer, schedule, RNG); its meta, or None."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        meta = json.loads((Path(folder) / META).read_text())
+        # Frozen weights are not in the checkpoint (see module docstring), hence not strict.
+        load_path, _ = engine.load_checkpoint(folder, tag=meta["tag"], load_module_strict=False)
+        if load_path is None:
+            raise RuntimeError(f"{folder}: DeepSpeed found no checkpoint under tag {meta['tag']!r}")
+        rng_file = Path(folder) / f"rng_rank{rank}.pt"
+        if rng_file.exists():  # a different world size leaves some ranks without one: keep their seed
+            state = torch.load(rng_file, weights_only=False)
+            torch.set_rng_state(state["torch"])
+            if "cuda" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state(state["cuda"])
+    return meta

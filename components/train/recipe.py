@@ -1,0 +1,234 @@
+"""The training worker, pretrain and finetune alike: one DeepSpeed engine per Ray Train worker.
+
+Reads in run order: setup (model, trainable parts, engine, resume) → data → optimizer steps (micro-batches,
+backward, step, log, checkpoint) → outputs. The driver (`run.py`) resolved the data order and the step count;
+every rank builds the same model from the same seed, so ranks start identical without a broadcast.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from components.core import storage
+from components.core.config import PipelineConfig
+from components.tracking import MlflowTarget
+
+from .checkpoint import restore, save_and_report
+from .collate import CollateSpec, collate
+from .data import worker_batches
+from .engine import deepspeed_config, frozen_fingerprint
+from .flops import FlopCounts, mfu, peak_flops
+from .grouping import rank_positions
+from .outputs import write_export_probe, write_finetune_output, write_pretrain_output, write_summary
+from .schedule import lr_lambda
+
+log = logging.getLogger(__name__)
+FAULT_ENV = "LLAVA_FAULT_STEP"  # tests: a worker dies right after this optimizer step, first attempt only
+PROBE_ENV = "LLAVA_EXPORT_PROBE"  # tests: save a batch and its in-training logits next to the output
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the driver resolved for the workers."""
+
+    cfg: PipelineConfig
+    stage_name: str  # pretrain | finetune
+    prepared: str  # prepare output root (tokenizer/, <stage>/shards)
+    out: str  # stage output folder
+    init_connector: str | None  # connector.safetensors of the pretrain stage (finetune)
+    total_steps: int
+    num_rows: int
+    stream: np.ndarray  # row number at each stream position (the epochs' orders back to back)
+    table_ref: Any  # ObjectRef of the rows' token table
+    mlflow: MlflowTarget | None
+
+
+def _local_file(path: str) -> str:
+    if not storage.is_remote(path):
+        return path
+    fd, local = tempfile.mkstemp(suffix=os.path.basename(path))
+    with os.fdopen(fd, "wb") as f:
+        f.write(storage.read_bytes(path))
+    return local
+
+
+def _track(mlflow: MlflowTarget | None, metrics: dict[str, float | None], step: int, tags: dict | None = None) -> None:
+    """Best effort: a tracking-server hiccup must not kill a training run."""
+    if mlflow is None:
+        return
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None}, step=step)
+        if tags:
+            mlflow.set_tags(tags)
+    except (MlflowException, OSError) as e:
+        log.warning("MLflow logging failed at step %d: %s", step, e)
+
+
+def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+    import deepspeed
+    import ray.train
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from components.models.assembly import build_model, num_image_tokens, vision_image_size
+    from components.models.connectors import load_connector, unwrap_llava
+    from components.models.tokenizer import image_token_id, load_tokenizer
+    from components.models.trainable import apply_lora, param_groups, parameter_counts, set_trainable
+
+    job: Job = config["job"]
+    cfg, name = job.cfg, job.stage_name
+    stage = getattr(cfg, name)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    batch, accum = stage.per_device_batch, stage.global_batch // (stage.per_device_batch * world)
+    if batch * accum * world != stage.global_batch:
+        raise ValueError(f"{name}: global_batch {stage.global_batch} is not per_device_batch {batch} × gradient "
+                         f"accumulation × {world} workers; change per_device_batch or num_workers")
+    attempt_start = time.time()
+    torch.manual_seed(stage.seed + rank)  # dropout differs per rank; weights come from cfg.seed below
+
+    # ---- model: identical on every rank (same seed), frozen parts per stage
+    tokenizer = load_tokenizer(storage.join(job.prepared, "tokenizer"))
+    dtype = torch.bfloat16 if stage.precision == "bf16" else torch.float32
+    model = build_model(cfg.model, tokenizer, dtype=dtype, seed=cfg.seed)
+    if job.init_connector:
+        load_connector(model, _local_file(job.init_connector))
+    if stage.lora is not None:
+        model = apply_lora(model, stage.lora)
+    else:
+        set_trainable(model, stage.trainable)
+    counts = parameter_counts(model)
+    llava = unwrap_llava(model)
+    if stage.gradient_checkpointing:
+        llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        llava.enable_input_require_grads()  # as the reference: inputs of checkpointed blocks need grads
+
+    # ---- engine: client AdamW (a DeepSpeed-config optimizer would JIT-build fused Adam) + our schedule
+    total = job.total_steps
+    sched = stage.schedule
+    optimizer = torch.optim.AdamW(param_groups(model, stage.optim), lr=stage.optim.lr, betas=stage.optim.betas,
+                                  eps=stage.optim.eps)
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer,
+        lr_scheduler=lambda opt: LambdaLR(opt, lambda s: lr_lambda(s, total, sched.warmup_ratio, sched.kind)),
+        config=deepspeed_config(stage, world, llava.config.text_config.hidden_size))
+    meta = restore(engine, rank)
+    start = meta["step"] if meta else 0
+    history: dict[str, Any] = meta or {"losses": [], "samples": 0, "tokens": 0, "restarts": -1, "resumed_from": []}
+    history["restarts"] += 1
+    if meta:
+        history["resumed_from"].append(start)
+    if rank == 0:
+        print(f"[{name}] setup {time.time() - attempt_start:.1f}s; global batch {stage.global_batch} = {batch} per device × {accum} accumulation × {world} "
+              f"workers; {total} steps over {job.num_rows} samples; "
+              + (f"resumed at step {start}" if meta else "fresh start"), flush=True)
+        if meta:
+            _track(job.mlflow, {f"{name}/resumed_from_step": start}, start,
+                   {f"{name}.resumed_from_step": start, f"{name}.restarts": history["restarts"]})
+
+    # ---- data: this rank's micro-batches from the resume position on
+    size, n_img = vision_image_size(cfg.model), num_image_tokens(cfg.model)
+    spec = CollateSpec(image_id=image_token_id(tokenizer), num_image_tokens=n_img, max_length=stage.max_length,
+                       pad_id=tokenizer.pad_token_id, image_size=size)
+    positions = rank_positions(start, total, rank=rank, world=world, batch_size=batch, accumulation=accum)
+    if len(positions) and positions.max() >= len(job.stream):
+        raise RuntimeError(f"{name}: stream of {len(job.stream)} positions is too short for step {total}")
+    batches = iter(worker_batches(job.table_ref, job.stream[positions], batch_size=batch, mode=stage.image_mode,
+                                  size=size))
+    vc = llava.config.vision_config
+    flops = FlopCounts(
+        vision=sum(counts["vision_tower"].values()), connector_trained=counts["connector"]["trainable"],
+        connector_frozen=counts["connector"]["frozen"], llm_trained=counts["language_model"]["trainable"],
+        llm_frozen=counts["language_model"]["frozen"], vision_tokens_per_image=(vc.image_size // vc.patch_size) ** 2 + 1)
+    peak = peak_flops(torch.cuda.get_device_name(), stage.precision) if stage.use_gpu else None
+    fault_step = int(os.environ.get(FAULT_ENV) or 0)
+
+    # ---- train: one optimizer step = `accum` micro-batches on every rank
+    engine.train()
+    inputs, train_start = None, time.time()
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        lr = engine.get_lr()[0]  # the lr this step's update uses
+        totals = torch.zeros(4, dtype=torch.float64, device=engine.device)  # loss sum, tokens, samples, images
+        for _ in range(accum):
+            rows = next(batches)
+            images = rows.column("image").to_pylist()
+            pixels = [p if img else None for p, img in zip(rows.column("pixels").to_pylist(), images, strict=True)]
+            inputs = collate(rows.column("input_ids").to_pylist(), rows.column("labels").to_pylist(), pixels, spec,
+                             names=rows.column("id").to_pylist(), device=engine.device, ensure_image=True)
+            loss = engine(**inputs).loss  # mean over this micro-batch's supervised tokens
+            engine.backward(loss)  # DeepSpeed scales by 1/accum and reduces across ranks at the boundary
+            engine.step()  # a no-op except at the accumulation boundary
+            # Summed on the device: no host sync until the step's single all-reduce.
+            totals[0] += loss.detach().double()
+            totals[1] += inputs["attention_mask"].sum()
+            totals[2] += len(images)
+            totals[3] += sum(1 for img in images if img)
+        dist.all_reduce(totals)
+        seconds = time.perf_counter() - t0
+        loss_mean, tokens, samples, n_images = totals.tolist()
+        loss_mean /= accum * world
+        done = step + 1
+        if not math.isfinite(loss_mean):
+            raise FloatingPointError(f"{name}: loss is {loss_mean} at step {done}; lower optim.lr or check the data")
+        history["losses"].append(loss_mean)
+        history["samples"] += int(samples)
+        history["tokens"] += int(tokens)
+        grad_norm = engine.get_global_grad_norm()
+        metrics = {"loss": loss_mean, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+                   "tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds,
+                   "mfu": mfu(flops.step_flops(int(tokens), int(n_images) * n_img, int(n_images)), seconds, world,
+                              peak)}
+        if rank == 0:
+            eta = (time.time() - train_start) / (done - start) * (total - done)
+            print(f"[{name}] step {done}/{total} loss {loss_mean:.4f} lr {lr:.2e} {tokens / seconds:,.0f} tok/s "
+                  f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
+            _track(job.mlflow, {f"{name}/{k}": v for k, v in metrics.items()}, done)
+        if done == fault_step and meta is None and rank == (1 if world > 1 else 0):
+            print(f"[{name}] {FAULT_ENV}={fault_step}: rank {rank} exits after step {done}", flush=True)
+            os._exit(1)
+        if (stage.checkpoint_every and done % stage.checkpoint_every == 0) or done == total:
+            state = {**history, "step": done, "position": done * stage.global_batch,
+                     "epoch": done * stage.global_batch / job.num_rows}
+            save_and_report(engine, state, {"step": done, **{k: v for k, v in metrics.items() if v is not None}},
+                            rank)
+
+    # ---- outputs (collectives first, then rank 0 writes)
+    if os.environ.get(PROBE_ENV) and inputs is not None:
+        write_export_probe(engine.module, inputs, job.out, rank)
+    if name == "pretrain":
+        write_pretrain_output(engine.module, job.out, rank)
+    else:
+        write_finetune_output(engine.module, cfg, stage, tokenizer, job.out, rank)
+    frozen = frozen_fingerprint(engine.module, rank)
+    if rank != 0:
+        return None
+    losses = history["losses"]
+    k = max(1, min(5, len(losses) // 4))
+    summary = {
+        "stage": name, "steps": len(losses), "total_steps": total, "samples": history["samples"],
+        "tokens": history["tokens"], "epochs": len(losses) * stage.global_batch / job.num_rows,
+        "global_batch": stage.global_batch, "world_size": world, "gradient_accumulation": accum,
+        "initial_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+        "initial_loss_mean": float(np.mean(losses[:k])) if losses else None,
+        "final_loss_mean": float(np.mean(losses[-k:])) if losses else None, "losses": losses,
+        "wall_s": time.time() - attempt_start, "resumed": bool(history["resumed_from"]),
+        "resumed_from_step": history["resumed_from"][-1] if history["resumed_from"] else None,
+        "restarts": history["restarts"], "trainable": counts, "frozen_sha256": frozen,
+        "init_connector": job.init_connector, "lora": stage.lora is not None,
+        "zero_stage": engine.zero_optimization_stage(), "precision": stage.precision,
+    }
+    write_summary(summary, job.out)
+    return summary
+

@@ -1,0 +1,345 @@
+"""`submit | status | logs | stop`: the job spec (fast), then a real local Ray cluster (e2e).
+
+The cluster is a `ray start --head --block` subprocess with its own temp dir and ports, so it never meets
+the session's `ray_local` (that one is started in-process with the default temp dir; `ray.init()` only
+auto-joins the cluster named in its own temp dir's `ray_current_cluster`). These tests never call
+`ray.init` themselves: they talk HTTP to the dashboard, as a user's laptop would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pytest
+
+from components.core.config import CONFIG_DIR
+from pipelines.cli import build_parser, main
+from pipelines.job_client import JobError, find_token
+from pipelines.jobs import PROJECT_ROOT, build_job_spec, resolve_tracking_uri
+from pipelines.tracking import ray_job_id, redact
+
+# The tiny pipeline, made small: two optimizer steps per stage, one benchmark on 8 questions.
+SMALL = ["pretrain.max_steps=2", "finetune.max_steps=2", "evaluate.benchmarks=[gqa]", "evaluate.limit=8",
+         "evaluate.blank_image_check=[]", "evaluate.parity_sample=0", "export.enabled=false"]
+SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAJOBSPECKEYID0001", "AWS_SECRET_ACCESS_KEY": "jobspec-secret-9f3a7c1e",
+           "AWS_SESSION_TOKEN": "jobspec-session-5d2b", "MLFLOW_TRACKING_PASSWORD": "jobspec-mlflow-pw-77"}
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No ambient Ray address, MLflow URI or token; HOME without ~/.ray/auth_token."""
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN",
+                "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "LLAVA_PIPELINE_JOB_ID", "RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+# ---------------------------------------------------------------- the job spec (no cluster)
+
+
+def test_job_spec_carries_settings_not_secrets(clean_env, monkeypatch, tmp_path):
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio.internal:9000")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.chdir(tmp_path)
+    spec = build_job_spec("tiny", ["storage=relative/runs", "pretrain.max_steps=2"], only=["synth"])
+    root = str(tmp_path / "relative" / "runs")
+    assert spec.storage == root  # a relative root would land in the job's temporary working dir
+
+    argv = shlex.split(spec.entrypoint)
+    assert argv[:4] == ["python", "-m", "pipelines.cli", "run"]
+    args = build_parser().parse_args(argv[3:])
+    assert args.config == "configs/tiny.yaml" and (PROJECT_ROOT / args.config).is_file()
+    assert args.set == ["pretrain.max_steps=2", f"storage={root}"] and args.only == ["synth"]
+
+    env = spec.runtime_env["env_vars"]
+    assert env == {"AWS_ENDPOINT_URL": "http://minio.internal:9000", "AWS_DEFAULT_REGION": "eu-west-1",
+                   "MLFLOW_S3_ENDPOINT_URL": "http://minio.internal:9000",
+                   "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "LLAVA_PIPELINE_JOB_ID": spec.submission_id}
+    assert spec.runtime_env["working_dir"] == str(PROJECT_ROOT)
+    assert {".?*", "/runs", "__pycache__", "*.egg-info", "*.whl"} <= set(spec.runtime_env["excludes"])
+    assert spec.metadata["config"] == "configs/tiny.yaml" and spec.metadata["user"]
+    text = json.dumps(asdict(spec))
+    for name, secret in SECRETS.items():
+        assert secret not in text, name
+
+    assert re.fullmatch(r"llava-tiny-\d{8}-\d{6}-[0-9a-f]{6}", spec.submission_id)
+    assert build_job_spec("tiny", []).submission_id != spec.submission_id
+
+
+def test_tracking_uri_rules(clean_env, monkeypatch):
+    with pytest.raises(JobError, match="no MLflow tracking URI is set.*MLFLOW_TRACKING_URI"):
+        resolve_tracking_uri(None, "s3://bucket/run")
+    assert resolve_tracking_uri("http://mlflow:5000", "s3://bucket/run") == "http://mlflow:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env-mlflow:5000")
+    assert resolve_tracking_uri(None, "s3://bucket/run") == "http://env-mlflow:5000"
+    with pytest.raises(JobError, match="carries a password") as e:
+        resolve_tracking_uri("http://alice:hunter2@mlflow:5000", "/tmp/x")
+    assert "hunter2" not in str(e.value)
+
+
+def test_config_outside_project_is_refused(clean_env, tmp_path):
+    outside = tmp_path / "mine.yaml"
+    shutil.copy(CONFIG_DIR / "tiny.yaml", outside)
+    with pytest.raises(JobError, match="outside the project folder.*copy it into configs/"):
+        build_job_spec(str(outside), [])
+
+
+def test_token_lookup_follows_ray(clean_env, monkeypatch, tmp_path):
+    assert find_token() == (None, "no token found")
+    (clean_env / ".ray").mkdir()
+    (clean_env / ".ray" / "auth_token").write_text("from-home\n")
+    assert find_token() == ("from-home", str(clean_env / ".ray" / "auth_token"))
+    (tmp_path / "tok").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "tok"))
+    assert find_token()[0] == "from-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert find_token()[0] == "from-env"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert find_token()[0] is None
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    with pytest.raises(JobError, match="RAY_AUTH_TOKEN_PATH=.*missing: cannot read the token file"):
+        find_token()
+
+
+def test_job_id_from_ray_job_config(clean_env, monkeypatch):
+    assert ray_job_id() is None
+    # What Ray 2.60 passes to a job's entrypoint (it sets no RAY_JOB_SUBMISSION_ID variable).
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
+        {"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_abc", "job_name": "raysubmit_abc"}}))
+    assert ray_job_id() == "raysubmit_abc"
+    monkeypatch.setenv("LLAVA_PIPELINE_JOB_ID", "llava-tiny-1")
+    assert ray_job_id() == "llava-tiny-1"
+
+
+def test_url_passwords_never_reach_mlflow():
+    assert redact("run --set tracking.tracking_uri=http://alice:hunter2@mlflow:5000") == (
+        "run --set tracking.tracking_uri=http://alice:***@mlflow:5000")
+    assert redact("postgresql://u:pw@db/mlflow s3://bucket/run") == "postgresql://u:***@db/mlflow s3://bucket/run"
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+def test_wrong_address_is_one_clear_line(clean_env, tmp_path, capsys):
+    argv = ["submit", "tiny", "--set", f"storage={tmp_path}/runs", "--address", "http://127.0.0.1:1"]
+    assert main(argv) == 2
+    err = _one_line_error(capsys)
+    assert err == "llava-pipeline submit: error: cannot reach the Ray dashboard at http://127.0.0.1:1: connection refused"
+    assert main(["status", "some-job", "--address", "127.0.0.1:1"]) == 2
+    assert "cannot reach the Ray dashboard at http://127.0.0.1:1" in _one_line_error(capsys)
+
+
+def test_missing_bucket_is_one_clear_line(clean_env, s3_server, tmp_path, capsys):
+    argv = ["submit", "tiny", *_sets(["storage=s3://no-such-bucket/run",
+                                      f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]),
+            "--address", "http://127.0.0.1:1"]
+    assert main(argv) == 2
+    err = _one_line_error(capsys)
+    assert "storage s3://no-such-bucket/run: S3 bucket 'no-such-bucket' does not exist" in err
+    assert s3_server in err  # names the endpoint it asked
+
+
+# ---------------------------------------------------------------- a real local cluster (e2e)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cluster_processes(marker: str) -> list:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(marker in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _stop_cluster(proc: subprocess.Popen, temp_dir: str) -> None:
+    """SIGTERM `ray start --block` (it stops its children), then SIGKILL what is left of *this* cluster only
+    (its process group, processes naming its temp dir) — never `ray stop`, which kills every Ray on the host."""
+    import psutil
+
+    try:
+        proc.terminate()  # `ray start --block` drains the node and stops its daemons; signalling them too breaks that
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    leftovers = _cluster_processes(temp_dir)  # daemons that left the group still name our temp dir
+    for p in leftovers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(leftovers, timeout=20)
+
+
+def _wait_until_ready(proc: subprocess.Popen, url: str, log: Path, token_file: Path, limit_s: float = 240) -> None:
+    """Until the dashboard answers and a first job runs (the job agent comes up after the dashboard)."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.monotonic() + limit_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited: {log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Ray head at {url} was not ready within {limit_s:.0f} s")
+        try:
+            urllib.request.urlopen(url + "/api/gcs_healthz", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    client = JobSubmissionClient(url, headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
+    while True:
+        try:
+            job = client.submit_job(entrypoint="true")
+            break
+        except (RuntimeError, OSError):  # "No available agent to submit job"; a busy head dropping connections
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    while not client.get_job_status(job).is_terminal():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the warm-up job on {url} did not finish within {limit_s:.0f} s")
+        time.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    url: str
+    token_file: Path  # where `ray start` keeps the token: ~/.ray/auth_token of the user who started it
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head node like a user's `ray start --head` (token auth on, the 2.60 default)."""
+    temp_dir = tempfile.mkdtemp(prefix="rjob", dir="/tmp")  # short: Ray's unix socket paths must fit 107 chars
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the entrypoint's `python`
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    dash = _free_port()
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--num-cpus", "4", "--block",
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--port", str(_free_port()),
+           # Another Ray on this host may hold the fixed default ports of these two.
+           "--dashboard-agent-listen-port", str(_free_port()), "--ray-client-server-port", str(_free_port()),
+           "--temp-dir", temp_dir]
+    token_file = Path(env.get("HOME", "~")).expanduser() / ".ray" / "auth_token"
+    log = open(Path(temp_dir) / "ray_start.log", "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    started = time.monotonic()
+    try:
+        _wait_until_ready(proc, url, Path(temp_dir) / "ray_start.log", token_file)
+        print(f"\n[ray_cluster] head up and taking jobs after {time.monotonic() - started:.1f} s at {url}")
+        yield Cluster(url, token_file)
+    finally:
+        _stop_cluster(proc, temp_dir)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _submitted_id(out: str) -> str:
+    m = re.search(r"^submitted (\S+) to ", out, re.M)
+    assert m, out
+    return m.group(1)
+
+
+@pytest.mark.e2e
+def test_submit_wait_runs_the_tiny_pipeline(ray_cluster, tmp_path, capsys, monkeypatch):
+    url = ray_cluster.url
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "LLAVA_PIPELINE_JOB_ID"):
+        monkeypatch.delenv(var, raising=False)
+    storage = tmp_path / "runs"
+    started = time.monotonic()
+    rc = main(["submit", "tiny", *_sets([*SMALL, f"storage={storage}"]), "--address", url,
+               "--wait", "--poll", "1", "--timeout", "1800"])
+    wall = time.monotonic() - started
+    out = capsys.readouterr().out
+    print(f"\n[submit --wait] tiny pipeline as a Ray job: {wall:.0f} s")
+    job_id = _submitted_id(out)
+    assert rc == 0, out[-5000:]
+    assert f"job {job_id} SUCCEEDED" in out
+    assert "evaluate.gqa" in out  # the job's own log, streamed
+
+    # Ray's own CLI agrees (it needs RAY_AUTH_MODE=token to send the token; ours found it by itself).
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    status = subprocess.run([ray_cli, "job", "status", job_id, "--address", url], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "token"})
+    assert "SUCCEEDED" in status.stdout + status.stderr, status.stdout + status.stderr
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
+    exp = client.get_experiment_by_name("llava-pipeline")
+    parents = client.search_runs([exp.experiment_id], f"tags.ray_job_id = '{job_id}'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["pipeline"] == "tiny"
+
+
+@pytest.mark.e2e
+def test_status_logs_stop_and_clear_errors(ray_cluster, clean_env, capsys, monkeypatch):
+    from pipelines.job_client import connect
+    from pipelines.jobs import wait_for
+
+    url = ray_cluster.url
+    assert main(["status", "whatever", "--address", url]) == 2  # clean_env: no token anywhere
+    err = _one_line_error(capsys)
+    assert f"the Ray cluster at {url} requires an auth token and none was found" in err
+    assert "RAY_AUTH_TOKEN" in err and "~/.ray/auth_token" in err
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+    assert main(["status", "whatever", "--address", url]) == 2
+    assert "rejected the auth token from RAY_AUTH_TOKEN" in _one_line_error(capsys)
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(ray_cluster.token_file))
+
+    assert main(["status", "nope", "--address", url]) == 2
+    assert f"no job 'nope' on the Ray cluster at {url}" in _one_line_error(capsys)
+
+    client = connect(url)
+    job_id = client.submit_job(entrypoint="echo hello-from-job; sleep 300")
+    for _ in range(240):
+        if "hello-from-job" in client.get_job_logs(job_id):
+            break
+        time.sleep(0.5)
+    assert main(["logs", job_id, "--address", url]) == 0
+    assert "hello-from-job" in capsys.readouterr().out
+    assert main(["stop", job_id, "--address", url]) == 0
+    assert f"stop requested for job {job_id}" in capsys.readouterr().out
+    assert wait_for(client, job_id, poll_s=0.5, timeout_s=120) == 1  # stopped is not success
+    assert f"job {job_id} STOPPED" in capsys.readouterr().err
+    assert main(["status", job_id, "--address", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "STOPPED"

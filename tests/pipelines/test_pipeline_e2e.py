@@ -1,0 +1,170 @@
+"""The whole tiny pipeline end to end: real Ray, DeepSpeed, a real MLflow server on 127.0.0.1.
+
+One full run is shared by the tests that need it (session fixture); reruns reuse its storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from components.core.config import load_config
+from pipelines.cli import main
+from pipelines.run_cmd import run_pipeline
+
+pytestmark = pytest.mark.e2e
+
+BENCHMARKS = "[gqa,pope,mme,sqa,llava_bench]"
+
+
+def run_json(storage: Path, *extra: str) -> tuple[int, dict]:
+    """`llava-pipeline run --json` in-process (shares the session's Ray); returns (exit code, JSON)."""
+    overrides = [f"storage={storage}", f"evaluate.benchmarks={BENCHMARKS}", *extra]
+    cfg = load_config("tiny", overrides)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = run_pipeline(cfg, only=[], from_=[], force=[], dry_run=False, as_json=True)
+    return rc, json.loads(buf.getvalue().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(ray_local, mlflow_server, tmp_path_factory):
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
+    storage = tmp_path_factory.mktemp("pipeline") / "store"
+    started = time.time()
+    rc, out = run_json(storage)
+    out["wall_s"] = time.time() - started
+    assert rc == 0, json.dumps(out, indent=1)[-3000:]
+    yield storage, out
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def test_first_run_runs_every_stage(tiny_run):
+    _, out = tiny_run
+    names = list(out["stages"])
+    assert names[:4] == ["synth", "prepare", "pretrain", "finetune"] and names[-1] == "export"
+    assert {n for n in names if n.startswith("evaluate.")} == {f"evaluate.{b}" for b in BENCHMARKS[1:-1].split(",")}
+    assert all(s["status"] == "ran" for s in out["stages"].values()), out["stages"]
+
+
+def test_tiny_model_learns(tiny_run):
+    """Masking, image splicing, training and evaluation are right: the model reads the image."""
+    _, out = tiny_run
+    gqa = out["stages"]["evaluate.gqa"]["metrics"]
+    assert gqa["accuracy"] >= 0.7, gqa
+    assert gqa["blank_images_accuracy"] <= 0.35, gqa
+    train = out["stages"]["finetune"]["metrics"]
+    assert train["final_loss"] < 0.5 * train["initial_loss"]
+    assert out["stages"]["evaluate.llava_bench"]["metrics"]["status"] == "skipped"  # no judge configured
+
+
+def test_mlflow_run_tree(tiny_run, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    _, out = tiny_run
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(out["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    exp = parent.info.experiment_id
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=100)
+    by_stage = {r.data.tags["stage"]: r for r in children}
+    assert set(by_stage) == set(out["stages"])
+    for name, r in by_stage.items():
+        assert r.data.tags["fingerprint"] == out["stages"][name]["fingerprint"]
+        assert r.data.tags["cache"] == "miss" and r.data.tags["status"] == "ran"
+        assert r.info.run_id == out["stages"][name]["mlflow_run_id"]
+    ft = by_stage["finetune"]
+    assert len(client.get_metric_history(ft.info.run_id, "loss")) >= 5  # per-step training metrics
+    assert by_stage["evaluate.gqa"].data.metrics["accuracy"] == out["stages"]["evaluate.gqa"]["metrics"]["accuracy"]
+    top = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config", "dag.png", "stages.json"} <= top
+    cfg_files = {a.path for a in client.list_artifacts(parent.info.run_id, "config")}
+    assert "config/config.yaml" in cfg_files
+    ds_files = {a.path for a in client.list_artifacts(parent.info.run_id, "config/deepspeed")}
+    assert {"config/deepspeed/zero2.json", "config/deepspeed/zero3.json"} <= ds_files
+    assert client.list_artifacts(by_stage["evaluate.gqa"].info.run_id)
+
+
+def test_cached_rerun_executes_nothing(tiny_run, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    storage, first = tiny_run
+    started = time.time()
+    rc, out = run_json(storage)
+    assert rc == 0
+    assert all(s["status"] == "cached" for s in out["stages"].values()), out["stages"]
+    assert {k: v["fingerprint"] for k, v in out["stages"].items()} == \
+        {k: v["fingerprint"] for k, v in first["stages"].items()}
+    run = MlflowClient(mlflow_server).get_run(out["stages"]["finetune"]["mlflow_run_id"])
+    assert run.data.tags["cache"] == "hit"
+    assert run.data.tags["source_run_id"] == first["stages"]["finetune"]["mlflow_run_id"]
+    print(f"cached rerun: {time.time() - started:.1f} s")
+
+
+def test_config_change_reruns_downstream_only(tiny_run):
+    storage, _ = tiny_run
+    rc, out = run_json(storage, "finetune.optim.lr=1.0e-3", "finetune.max_steps=6")
+    assert rc == 0
+    status = {k: v["status"] for k, v in out["stages"].items()}
+    assert status["synth"] == status["prepare"] == status["pretrain"] == "cached"
+    assert status["finetune"] == "ran" and status["export"] == "ran"
+    assert all(v == "ran" for k, v in status.items() if k.startswith("evaluate."))
+
+
+def test_force_plans_stage_and_downstream(tiny_run, capsys):
+    storage, _ = tiny_run
+    assert main(["plan", "--set", f"storage={storage}", "--set", f"evaluate.benchmarks={BENCHMARKS}",
+                 "--force", "pretrain", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)["stages"]
+    assert plan["synth"]["action"] == plan["prepare"]["action"] == "cached"
+    assert all(v["action"] == "run" for k, v in plan.items() if k not in ("synth", "prepare"))
+    assert plan["pretrain"]["why"] == ["forced (--force)"]
+
+
+def test_only_evaluate_without_upstream_fails_clearly(tmp_path, capsys):
+    rc = main(["run", "--set", f"storage={tmp_path}", "--only", "evaluate"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "needs the output of finetune" in err and "--from finetune" in err
+
+
+def test_interrupted_driver_resumes(ray_local, mlflow_server, tmp_path):
+    """Kill the driver during finetune (after a checkpoint); the same command resumes from it."""
+    storage = tmp_path / "store"
+    address = ray_local.get_runtime_context().gcs_address
+    args = [sys.executable, "-m", "pipelines.cli", "run", "--json", "--set", f"storage={storage}",
+            "--set", "evaluate.benchmarks=[gqa]", "--set", "evaluate.limit=8", "--set", "export.enabled=false",
+            "--set", "pretrain.max_steps=4", "--set", "finetune.max_steps=12", "--set", "finetune.checkpoint_every=2"]
+    env = {**os.environ, "RAY_ADDRESS": address, "MLFLOW_TRACKING_URI": mlflow_server,
+           "LLAVA_TRAIN_STEP_DELAY_S": "1.5"}  # slow steps so the kill lands mid-run
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+    deadline = time.time() + 900
+    ckpts: list[Path] = []
+    while time.time() < deadline and first.poll() is None:
+        ckpts = list(storage.glob("ray_train/finetune-*/checkpoint_*"))
+        if ckpts:
+            break
+        time.sleep(1)
+    assert ckpts, "finetune never wrote a checkpoint"
+    time.sleep(1)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=60)
+    env.pop("LLAVA_TRAIN_STEP_DELAY_S")
+    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    out = json.loads(second.stdout.strip().splitlines()[-1])
+    status = {k: v["status"] for k, v in out["stages"].items()}
+    assert status["synth"] == status["prepare"] == status["pretrain"] == "cached"
+    assert status["finetune"] == "ran"
+    assert out["stages"]["finetune"]["metrics"]["resumed_from_step"] >= 2

@@ -78,14 +78,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from components.prepare.bench import bench_preprocess
 
         result = bench_preprocess(args.n)
-    elif args.what == "generate":
+    else:
         from components.evaluate.bench import bench_generate_cli
 
         result = bench_generate_cli(n=args.n, device=args.device, model_dir=args.model)
-    else:
-        from components.train.bench import bench_train_cli
-
-        result = bench_train_cli(args)
     if args.json:
         print(json.dumps(result))
     return 0
@@ -172,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("bench", help="benchmarks: our pipeline vs a baseline, side by side")
-    p.add_argument("what", choices=["preprocess", "generate", "train"])
+    p.add_argument("what", choices=["preprocess", "generate"])
     p.add_argument("--n", type=int, default=None, help="number of samples")
-    p.add_argument("--device", default="auto", help="generate/train: cpu, cuda or auto")
+    p.add_argument("--device", default="auto", help="generate: cpu, cuda or auto")
     p.add_argument("--model", default=None, help="generate: a model folder (default: a tiny random model)")
     p.add_argument("--json", action="store_true")
     _add_config_args(p)

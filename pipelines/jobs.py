@@ -174,10 +174,19 @@ def _address_flag(client: Any) -> str:
     return f" --address {client.get_address()}"
 
 
+def _interrupted(client: Any, job_id: str) -> int:
+    print(f"\nstopped following job {job_id}; it keeps running (`llava-pipeline stop {job_id}"
+          f"{_address_flag(client)}` stops it)", file=sys.stderr)
+    return 130
+
+
 def wait_for(client: Any, job_id: str, *, poll_s: float, timeout_s: float) -> int:
     """Stream logs until the job ends; 0 when it succeeded, 1 when it failed, stopped or is still running."""
     started = time.monotonic()
-    status = follow(client, job_id, poll_s=poll_s, timeout_s=timeout_s)
+    try:
+        status = follow(client, job_id, poll_s=poll_s, timeout_s=timeout_s)
+    except KeyboardInterrupt:
+        return _interrupted(client, job_id)
     took = time.monotonic() - started
     if not status.is_terminal():
         print(f"job {job_id} still {status.value} after {took:.0f} s (not stopped); follow it with "
@@ -243,7 +252,10 @@ def show_status(job_id: str, *, address: str | None, as_json: bool) -> int:
 def show_logs(job_id: str, *, address: str | None, follow_logs: bool, poll_s: float = 5.0) -> int:
     client = connect(address)
     if follow_logs:
-        follow(client, job_id, poll_s=poll_s)
+        try:
+            follow(client, job_id, poll_s=poll_s)
+        except KeyboardInterrupt:
+            return _interrupted(client, job_id)
         return 0
     with job_errors(client, job_id):
         sys.stdout.write(client.get_job_logs(job_id))

@@ -25,7 +25,7 @@ import torch
 
 from components.core.templates import TemplateName
 from components.evaluate.benchmarks import Benchmark, Question, get_benchmark
-from components.evaluate.generate import Generator, GenItem, compare_answers
+from components.evaluate.generate import GenerationError, Generator, GenItem, compare_answers
 from components.evaluate.judge import Judge, JudgeConfig, JudgeNotConfigured, make_judge
 from components.evaluate.outputs import (
     category_rows,
@@ -40,10 +40,11 @@ _UPLOAD_EXT = {"mmbench": "tsv", "mmbench_cn": "tsv"}  # the rest upload JSON
 
 
 class GeneratorActor:
-    """Ray Data callable class: a batch of question rows -> {bench, question_id, text, single, gen_s}.
+    """Ray Data callable class: a batch of question rows -> {bench, question_id, text, single, gen_s, error}.
 
     Rows may come from several benchmarks: they carry their own max_new_tokens and image location.
-    Rows flagged `parity` are also answered alone (batch 1, as the reference) into `single`.
+    Rows flagged `parity` are also answered alone (batch 1, as the reference) into `single`. A batch
+    with an unreadable image comes back with `error` set (the message names the question and file).
     """
 
     def __init__(
@@ -76,18 +77,24 @@ class GeneratorActor:
         ]
         limits = [int(x) for x in batch["max_new_tokens"]]
         texts: list[str] = [""] * len(items)
+        single: list[str | None] = [None] * len(items)
+        error = ""
         start = time.perf_counter()
-        for limit in sorted(set(limits)):
-            idx = [i for i, m in enumerate(limits) if m == limit]
-            answers = self.generator.answer([items[i] for i in idx], batch_size=self.batch_size,
-                                            max_new_tokens=limit)
-            for i, text in zip(idx, answers, strict=True):
-                texts[i] = text
-        elapsed = time.perf_counter() - start
-        single: list[str | None] = [
-            self.generator.generate_batch([it], limit)[0] if flag else None
-            for it, limit, flag in zip(items, limits, batch["parity"], strict=True)
-        ]
+        try:
+            for limit in sorted(set(limits)):
+                idx = [i for i, m in enumerate(limits) if m == limit]
+                answers = self.generator.answer([items[i] for i in idx], batch_size=self.batch_size,
+                                                max_new_tokens=limit)
+                for i, text in zip(idx, answers, strict=True):
+                    texts[i] = text
+            elapsed = time.perf_counter() - start
+            single = [
+                self.generator.generate_batch([it], limit)[0] if flag else None
+                for it, limit, flag in zip(items, limits, batch["parity"], strict=True)
+            ]
+        except GenerationError as e:
+            # Returned, not raised: Ray Data's UserCodeException would drop this message on its way back.
+            error, elapsed = str(e), time.perf_counter() - start
         if self.delay_first_batch_s and int(np.min(batch["feed"])) == 0:
             time.sleep(self.delay_first_batch_s)  # test knob: the first batch finishes last
         return {
@@ -96,6 +103,7 @@ class GeneratorActor:
             "text": np.array(texts, dtype=object),
             "single": np.array(single, dtype=object),
             "gen_s": np.full(len(keys), elapsed / max(1, len(keys))),
+            "error": np.array([error] * len(keys), dtype=object),
         }
 
 
@@ -179,12 +187,19 @@ def generate_with_ray(
     )
     results: dict[tuple[str, str], dict[str, Any]] = {}
     arrival: list[tuple[str, str]] = []
+    errors: dict[str, None] = {}
     for row in ds.iter_rows():
+        if row["error"]:
+            errors[f"{row['bench']}: {row['error']}"] = None
+            continue
         key = (str(row["bench"]), str(row["question_id"]))
         if key in results:
             raise RuntimeError(f"{key[0]} question {key[1]} was answered twice by the actor pool")
         results[key] = {"text": str(row["text"]), "single": row["single"], "gen_s": float(row["gen_s"])}
         arrival.append(key)
+    if errors:
+        listed = list(errors)
+        raise GenerationError(f"{len(listed)} batch(es) could not be generated: " + "; ".join(listed[:5]))
     wall = time.perf_counter() - start
     feed_pos = {(r["bench"], str(r["question_id"])): r["feed"] for r in rows}
     positions = [feed_pos[k] for k in arrival]
@@ -244,7 +259,9 @@ def _finish(
 ) -> dict[str, Any]:
     """Score one benchmark's answers and write its files (answers re-sorted into question-file order)."""
     bench, out = job.bench, job.out
-    mine = {q.question_id: results[(bench.name, q.question_id)] for q in job.questions}
+    # A question the pool returned nothing for is scored as missing (counted in n_missing), not a crash.
+    mine = {q.question_id: results[(bench.name, q.question_id)] for q in job.questions
+            if (bench.name, q.question_id) in results}
     answers = {k: r["text"] for k, r in mine.items()}
     gen_s = sum(r["gen_s"] for r in mine.values())
     timing = {

@@ -224,30 +224,34 @@ def run_reference(annotations: str, image_root: str, tokenizer_model: str, size:
 # ---------------------------------------------------------------- ours
 
 
-def run_ours(source: DataSource, out: str, tokenizer_dir: str, size: int, cpus: int) -> int:
-    """prepare (Ray Data) + the streaming pixel map over its shards, consumed; returns samples that came out."""
+def run_ours(source: DataSource, out: str, tokenizer_dir: str, size: int, cpus: int) -> tuple[int, float, float]:
+    """prepare (Ray Data) + the streaming pixel map over its shards, consumed.
+
+    Returns (samples that came out, prepare seconds, pixel-map seconds).
+    """
     import ray
 
     from .pixels import PixelLoader
     from .process import PrepareSettings
     from .stage import prepare_dataset
 
-    n = len(json.loads(Path(source.annotations).read_text()))
+    t0 = time.perf_counter()
     settings = PrepareSettings(template="vicuna_v1", num_image_tokens=(size // 14) ** 2, max_length=4096)
-    # One actor per CPU; their logical share leaves room for the file-reading task, which would otherwise
-    # wait forever behind actors holding every CPU. A few shards per CPU (as a real dataset has many),
-    # because the pixel map reads one shard per task.
+    # One actor per CPU. Their logical share leaves one CPU for the reading and re-blocking tasks, which
+    # would otherwise wait forever behind actors holding every CPU (actors use whole cores regardless).
     stats = prepare_dataset([source], out, settings, tokenizer_dir, num_actors=cpus,
-                            cpus_per_actor=cpus / (cpus + 1), batch_size=PREPARE_BATCH,
-                            rows_per_shard=max(PIXEL_BATCH, -(-n // (4 * cpus))))
+                            cpus_per_actor=(cpus - 1) / cpus, batch_size=PREPARE_BATCH)
     if stats["rejected"]:
         raise RuntimeError(f"benchmark data had {stats['rejected']} rejected records: {stats['rejected_by_reason']}")
-    pixels = ray.data.read_parquet(os.path.join(out, "shards")).map_batches(
-        PixelLoader("pad", size), batch_format="pyarrow", batch_size=PIXEL_BATCH)
+    t1 = time.perf_counter()
+    # A shard reads as one block and a task maps whole blocks: re-block so every CPU decodes images.
+    pixels = (ray.data.read_parquet(os.path.join(out, "shards"))
+              .repartition(target_num_rows_per_block=PIXEL_BATCH)
+              .map_batches(PixelLoader("pad", size), batch_format="pyarrow", batch_size=PIXEL_BATCH))
     count = 0
     for batch in pixels.iter_batches(batch_size=PIXEL_BATCH, batch_format="pyarrow"):
         count += batch.num_rows
-    return count
+    return count, t1 - t0, time.perf_counter() - t1
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -287,9 +291,10 @@ def bench_preprocess(
                      configure_logging=False)
         try:
             cpus = max(1, min(int(ray.cluster_resources().get("CPU", 1)), os.cpu_count() or 1))
-            t0 = time.perf_counter()
-            ours_count = run_ours(source, str(root / "prepared"), str(tok_dir), size, cpus)
-            ours_wall = time.perf_counter() - t0
+            load_before = os.getloadavg()[0]
+            ours_count, prepare_wall, pixels_wall = run_ours(source, str(root / "prepared"), str(tok_dir),
+                                                             size, cpus)
+            ours_wall = prepare_wall + pixels_wall
         finally:
             if started_ray:
                 ray.shutdown()
@@ -297,6 +302,7 @@ def bench_preprocess(
         t0 = time.perf_counter()
         ref_count = run_reference(data["annotations"], data["image_root"], str(tok_dir / SPM_FILE), size)
         ref_wall = time.perf_counter() - t0
+        load_after = os.getloadavg()[0]
 
     if ours_count != n or ref_count != n:
         raise RuntimeError(f"expected {n} samples from both paths, got ours={ours_count} reference={ref_count}")
@@ -305,9 +311,12 @@ def bench_preprocess(
     result = {
         "n": n, "cpus": cpus, "size": size, "image_size": list(image_size), "images": data["images"],
         "mean_image_kb": data["mean_image_kb"],
-        "ours_wall_s": round(ours_wall, 3), "reference_wall_s": round(ref_wall, 3),
+        "ours_wall_s": round(ours_wall, 3), "ours_prepare_s": round(prepare_wall, 3),
+        "ours_pixels_s": round(pixels_wall, 3), "reference_wall_s": round(ref_wall, 3),
         "ours_per_core": round(ours, 2), "reference_per_core": round(reference, 2),
         "ratio": round(ours / reference, 2),
+        # 1-minute load average before ours and after the reference: other work on the machine skews both.
+        "load_avg": [round(load_before, 2), round(load_after, 2)],
     }
     print(format_table(result))
     return result
@@ -322,6 +331,7 @@ def format_table(r: dict[str, Any]) -> str:
         f"{'ours (prepare + pixel map, Ray)':<34}{r['cpus']:>6}{r['ours_wall_s']:>9.2f}{r['ours_per_core']:>16.1f}",
         f"{'reference (per sample, 1 process)':<34}{1:>6}{r['reference_wall_s']:>9.2f}"
         f"{r['reference_per_core']:>16.1f}",
-        f"ratio ours/reference per core: {r['ratio']:.2f}x",
+        f"ratio ours/reference per core: {r['ratio']:.2f}x  (ours: prepare {r['ours_prepare_s']:.1f} s + pixel map "
+        f"{r['ours_pixels_s']:.1f} s; load average {r['load_avg'][0]} -> {r['load_avg'][1]})",
     ]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from .schedule import lr_lambda
 log = logging.getLogger(__name__)
 FAULT_ENV = "LLAVA_FAULT_STEP"  # tests: a worker dies right after this optimizer step, first attempt only
 PROBE_ENV = "LLAVA_EXPORT_PROBE"  # tests: save a batch and its in-training logits next to the output
+DELAY_ENV = "LLAVA_TRAIN_STEP_DELAY_S"  # tests: sleep after each step, so an interruption lands mid-run
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,9 @@ def _local_file(path: str) -> str:
     return local
 
 
-def _track(mlflow: MlflowTarget | None, metrics: dict[str, float | None], step: int, tags: dict | None = None) -> None:
+def _track(
+    mlflow: MlflowTarget | None, metrics: dict[str, float | None], step: int, tags: dict[str, Any] | None = None
+) -> None:
     """Best effort: a tracking-server hiccup must not kill a training run."""
     if mlflow is None:
         return
@@ -125,13 +129,14 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         config=deepspeed_config(stage, world, llava.config.text_config.hidden_size))
     meta = restore(engine, rank)
     start = meta["step"] if meta else 0
-    history: dict[str, Any] = meta or {"losses": [], "samples": 0, "tokens": 0, "restarts": -1, "resumed_from": []}
+    history: dict[str, Any] = meta or {"losses": [], "samples": 0, "tokens": 0, "restarts": -1,
+                                       "resumed_from": []}
     history["restarts"] += 1
     if meta:
         history["resumed_from"].append(start)
     if rank == 0:
-        print(f"[{name}] setup {time.time() - attempt_start:.1f}s; global batch {stage.global_batch} = {batch} per device × {accum} accumulation × {world} "
-              f"workers; {total} steps over {job.num_rows} samples; "
+        print(f"[{name}] setup {time.time() - attempt_start:.1f}s; global batch {stage.global_batch} = {batch} per "
+              f"device × {accum} accumulation × {world} workers; {total} steps over {job.num_rows} samples; "
               + (f"resumed at step {start}" if meta else "fresh start"), flush=True)
         if meta:
             _track(job.mlflow, {f"{name}/resumed_from_step": start}, start,
@@ -150,9 +155,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     flops = FlopCounts(
         vision=sum(counts["vision_tower"].values()), connector_trained=counts["connector"]["trainable"],
         connector_frozen=counts["connector"]["frozen"], llm_trained=counts["language_model"]["trainable"],
-        llm_frozen=counts["language_model"]["frozen"], vision_tokens_per_image=(vc.image_size // vc.patch_size) ** 2 + 1)
+        llm_frozen=counts["language_model"]["frozen"],
+        vision_tokens_per_image=(vc.image_size // vc.patch_size) ** 2 + 1)
     peak = peak_flops(torch.cuda.get_device_name(), stage.precision) if stage.use_gpu else None
     fault_step = int(os.environ.get(FAULT_ENV) or 0)
+    step_delay = float(os.environ.get(DELAY_ENV) or 0)
 
     # ---- train: one optimizer step = `accum` micro-batches on every rank
     engine.train()
@@ -160,7 +167,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     for step in range(start, total):
         t0 = time.perf_counter()
         lr = engine.get_lr()[0]  # the lr this step's update uses
-        totals = torch.zeros(4, dtype=torch.float64, device=engine.device)  # loss sum, tokens, samples, images
+        # loss sum, tokens, samples, images
+        totals = torch.zeros(4, dtype=torch.float64, device=engine.device)
         for _ in range(accum):
             rows = next(batches)
             images = rows.column("image").to_pylist()
@@ -181,7 +189,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         loss_mean /= accum * world
         done = step + 1
         if not math.isfinite(loss_mean):
-            raise FloatingPointError(f"{name}: loss is {loss_mean} at step {done}; lower optim.lr or check the data")
+            raise FloatingPointError(f"{name}: loss is {loss_mean} at step {done}; lower optim.lr or check the "
+                                     "data")
         history["losses"].append(loss_mean)
         history["samples"] += int(samples)
         history["tokens"] += int(tokens)
@@ -193,8 +202,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         if rank == 0:
             eta = (time.time() - train_start) / (done - start) * (total - done)
             print(f"[{name}] step {done}/{total} loss {loss_mean:.4f} lr {lr:.2e} {tokens / seconds:,.0f} tok/s "
-                  f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
+                  f"ETA {timedelta(seconds=round(eta))}", flush=True)
             _track(job.mlflow, {f"{name}/{k}": v for k, v in metrics.items()}, done)
+        if step_delay:
+            time.sleep(step_delay)
         if done == fault_step and meta is None and rank == (1 if world > 1 else 0):
             print(f"[{name}] {FAULT_ENV}={fault_step}: rank {rank} exits after step {done}", flush=True)
             os._exit(1)

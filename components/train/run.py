@@ -18,10 +18,10 @@ from components.tracking import MlflowTarget
 
 from .data import ROW_COLUMNS, grouping_inputs, read_shards
 from .grouping import sample_stream
-from .recipe import FAULT_ENV, PROBE_ENV, Job, train_loop
+from .recipe import DELAY_ENV, FAULT_ENV, PROBE_ENV, Job, train_loop
 
 Stage = Literal["pretrain", "finetune"]
-FORWARDED_ENV = (FAULT_ENV, PROBE_ENV, "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR")
+FORWARDED_ENV = (FAULT_ENV, PROBE_ENV, DELAY_ENV, "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR")
 
 
 def total_steps(num_rows: int, global_batch: int, epochs: float, max_steps: int | None) -> int:

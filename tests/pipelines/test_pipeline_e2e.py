@@ -83,7 +83,7 @@ def test_mlflow_run_tree(tiny_run, mlflow_server):
         assert r.data.tags["cache"] == "miss" and r.data.tags["status"] == "ran"
         assert r.info.run_id == out["stages"][name]["mlflow_run_id"]
     ft = by_stage["finetune"]
-    assert len(client.get_metric_history(ft.info.run_id, "loss")) >= 5  # per-step training metrics
+    assert len(client.get_metric_history(ft.info.run_id, "finetune/loss")) >= 5  # per-step training metrics
     assert by_stage["evaluate.gqa"].data.metrics["accuracy"] == out["stages"]["evaluate.gqa"]["metrics"]["accuracy"]
     top = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config", "dag.png", "stages.json"} <= top

@@ -28,7 +28,7 @@ def micro_batches(order, batch):
     return [order[i : i + batch] for i in range(0, len(order), batch)]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=datasets(), batch=st.integers(1, 8), chunks=st.integers(1, 6), seed=st.integers(0, 2**31))
 def test_modality_grouping_is_a_permutation_with_single_modality_micro_batches(data, batch, chunks, seed):
     lengths, has_image = data

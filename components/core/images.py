@@ -273,14 +273,33 @@ def resize_shortest_center_crop(img: Image.Image, size: int) -> Image.Image:
     return resized.crop((left, top, left + size, top + size))
 
 
+def _pad_resize_wide(img: Image.Image, size: int) -> Image.Image:
+    """expand_to_square then resize to size×size, for a landscape RGB image, without resampling the padding.
+
+    Pillow resizes horizontally, then vertically, through an 8-bit image, and the horizontal pass leaves a
+    row of one colour exactly that colour. So narrowing the content first and padding it afterwards gives
+    the same bytes as padding first, and skips the padding rows (a quarter of the work for 4:3).
+    """
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    w, h = img.size
+    narrowed = img.resize((size, h), Image.Resampling.BICUBIC)
+    tall = Image.new("RGB", (size, w), PAD_COLOR)
+    tall.paste(narrowed, (0, (w - h) // 2))
+    return tall.resize((size, size), Image.Resampling.BICUBIC)
+
+
 def transform_image(img: Image.Image, mode: Literal["pad", "square"], size: int) -> np.ndarray:
     """uint8 (3, size, size) CHW pixels: 'pad' squares with PAD_COLOR first, 'square' centre-crops."""
     img = to_rgb(img)
-    if mode == "pad":
-        img = expand_to_square(img)
-    elif mode != "square":
-        raise ValueError(f"image mode must be 'pad' or 'square', got {mode!r}")
-    out = resize_shortest_center_crop(img, size)
+    if mode == "pad" and img.width > img.height:
+        out = _pad_resize_wide(img, size)
+    else:
+        if mode == "pad":
+            img = expand_to_square(img)
+        elif mode != "square":
+            raise ValueError(f"image mode must be 'pad' or 'square', got {mode!r}")
+        out = resize_shortest_center_crop(img, size)
     return np.ascontiguousarray(np.asarray(out).transpose(2, 0, 1))
 
 

@@ -77,15 +77,25 @@ def bench_generate(
     n: int = 32,
     device: str = "auto",
     max_new_tokens: int = 32,
+    threads: int | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """samples/s at batch 1 and at `batch_size` on the same model and the same n prompts, plus parity.
 
     `model` is a saved model folder, a ready `Generator`, or None for a tiny random model. `questions`
-    default to synthetic image questions; the first n are used.
+    default to synthetic image questions; the first n are used. `threads` sets torch's CPU threads for
+    the run (on a busy machine, threads contending for cores can make both numbers several times worse).
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+    if threads is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return bench_generate(model, questions, batch_size=batch_size, n=n, device=device,
+                                  max_new_tokens=max_new_tokens, verbose=verbose)
+        finally:
+            torch.set_num_threads(before)
     if isinstance(model, Generator):
         gen, label = model, "given generator"
     elif model is None:
@@ -141,9 +151,11 @@ def format_bench(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def bench_generate_cli(n: int | None = None, device: str = "auto", model_dir: str | None = None) -> dict[str, Any]:
+def bench_generate_cli(
+    n: int | None = None, device: str = "auto", model_dir: str | None = None, threads: int | None = None
+) -> dict[str, Any]:
     """Entry point of `llava-pipeline bench generate [--n N] [--device D] [--model DIR]`."""
     device = resolve_device(device)
     on_gpu = torch.device(device).type == "cuda"
     return bench_generate(model_dir, n=n or (256 if on_gpu else 32), batch_size=32 if on_gpu else 8,
-                          device=device)
+                          device=device, threads=threads)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
-from components.core.images import ImageError, decode_image, pixel_values, read_image_file
+from components.core.images import ImageError, blank_pixels, decode_image, pixel_values, read_image_file
 from components.core.templates import TemplateName
 from components.core.tokenize import tokenize_prompt
 
@@ -90,6 +90,7 @@ class Generator:
         image_mode: ImageMode = "pad",
         max_new_tokens: int = 128,
         image_root: str | Path | None = None,
+        blank_images: bool = False,
     ) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; call add_llava_tokens(tokenizer) first")
@@ -101,6 +102,9 @@ class Generator:
         self.image_mode: ImageMode = image_mode
         self.max_new_tokens = max_new_tokens
         self.image_root = image_root
+        # Image-dependence check: every image becomes the blank (mean-colour) input, the prompt keeps its
+        # image block; a model that really looks at images should score clearly worse this way.
+        self.blank_images = blank_images
         self.image_size, self.num_image_tokens = model_image_settings(model)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -140,7 +144,10 @@ class Generator:
         raise GenerationError(f"question {item.key}: no image to load (image is {type(ref).__name__})")
 
     def _pixels(self, items: Sequence[GenItem]) -> torch.Tensor:
-        arrays = [pixel_values(self.load_image(it), self.image_mode, self.image_size) for it in items]
+        if self.blank_images:
+            arrays = [blank_pixels(self.image_size) for _ in items]
+        else:
+            arrays = [pixel_values(self.load_image(it), self.image_mode, self.image_size) for it in items]
         return torch.stack([torch.from_numpy(a) for a in arrays]).to(self.device, self.dtype)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

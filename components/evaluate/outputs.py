@@ -160,6 +160,7 @@ def mlflow_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     for key in ("n_questions", "n_missing"):
         put(key, result.get(key))
     walk("timing", result.get("timing", {}))
-    if "parity" in result:
-        put("parity/n_different", result["parity"].get("n_different"))
+    if isinstance(result.get("parity"), list):
+        put("parity/n_different", len(result["parity"]))
+        put("parity/n_checked", result.get("parity_checked"))
     return out

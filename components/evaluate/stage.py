@@ -1,7 +1,8 @@
-"""The evaluate stage for one benchmark: questions -> Ray Data actors generating answers -> score -> files.
+"""The evaluate stage: benchmark questions -> Ray Data actors generating answers -> score -> files.
 
 Ray sits at the edge: `GeneratorActor` wraps the pure `Generator`, one model per actor (one GPU each on
-a GPU cluster). Rows are fed sorted by modality and prompt length (less padding; image and text-only
+a GPU cluster); `run_benchmarks` feeds several benchmarks through one pool, so each actor loads the
+model once. Rows are fed sorted by modality and prompt length (less padding; image and text-only
 prompts rarely share a batch, and `Generator.answer` splits any that do), and results come back in
 whatever order actors finish. Answers are therefore keyed by question_id and re-sorted into
 question-file order before anything is written or scored: POPE zips answers with label lines and MME
@@ -56,6 +57,7 @@ class GeneratorActor:
         use_gpu: bool,
         dtype: str = "auto",
         cpus: float = 1.0,
+        blank_images: bool = False,
         delay_first_batch_s: float = 0.0,
     ) -> None:
         if not use_gpu:
@@ -63,7 +65,8 @@ class GeneratorActor:
             # against each other and slow tiny matmuls down many times over.
             torch.set_num_threads(max(1, round(cpus)))
         self.generator = Generator.from_dir(
-            model_dir, device="cuda" if use_gpu else "cpu", dtype=dtype, template=template, image_mode="pad"
+            model_dir, device="cuda" if use_gpu else "cpu", dtype=dtype, template=template, image_mode="pad",
+            blank_images=blank_images,
         )
         self.batch_size = batch_size
         self.delay_first_batch_s = delay_first_batch_s
@@ -160,6 +163,7 @@ def generate_with_ray(
     use_gpu: bool,
     cpus_per_actor: float = 1.0,
     dtype: str = "auto",
+    blank_images: bool = False,
     delay_first_batch_s: float = 0.0,
 ) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
     """(bench, question_id) -> {text, single, gen_s} for `rows`, from `num_actors` GeneratorActors; plus
@@ -182,6 +186,7 @@ def generate_with_ray(
             "use_gpu": use_gpu,
             "dtype": dtype,
             "cpus": cpus_per_actor,
+            "blank_images": blank_images,
             "delay_first_batch_s": delay_first_batch_s,
         },
     )
@@ -297,8 +302,10 @@ def _finish(
     if job.parity_ids:
         single = {k: r["single"] for k, r in mine.items() if k in job.parity_ids}
         diffs = compare_answers(single, {k: answers[k] for k in single})
-        result["parity"] = {"n": len(single), "n_different": len(diffs), "differences": diffs[:20],
-                            "reference": "batch 1", "candidate": "batched"}
+        # [] when batched decoding agreed with batch 1 everywhere; each entry: {key, reference (batch 1),
+        # candidate (batched)}.
+        result["parity"] = diffs
+        result["parity_checked"] = len(single)
     write_chart(out / "chart.png", result)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
 
@@ -329,6 +336,7 @@ def run_benchmarks(
     max_new_tokens: int | None = None,
     model_id: str | None = None,
     generate_without_judge: bool = False,
+    blank_images: bool = False,
     delay_first_batch_s: float = 0.0,
 ) -> list[dict[str, Any]]:
     """`run_benchmark` for several benchmarks with one actor pool: each actor loads the model once and
@@ -361,14 +369,15 @@ def run_benchmarks(
         results, pass_stats = generate_with_ray(
             _question_rows(todo), model_dir=str(model_dir), template=template, batch_size=batch_size,
             num_actors=num_actors, use_gpu=use_gpu, cpus_per_actor=cpus_per_actor, dtype=dtype,
-            delay_first_batch_s=delay_first_batch_s,
+            blank_images=blank_images, delay_first_batch_s=delay_first_batch_s,
         )
     extra = {
         "model_dir": str(model_dir),
         "model_id": model_id or Path(str(model_dir).rstrip("/")).name,
         "limit": limit,
         "generation": {"template": template, "image_mode": "pad", "greedy": True, "batch_size": batch_size,
-                       "num_actors": num_actors, "use_gpu": use_gpu, "dtype": dtype},
+                       "num_actors": num_actors, "use_gpu": use_gpu, "dtype": dtype,
+                       "blank_images": blank_images},
     }
     return [
         skipped[j.bench.name] if j.bench.name in skipped else _finish(j, results, pass_stats, extra, mlflow)
@@ -397,11 +406,14 @@ def run_benchmark(
     `eval_root` holds the benchmark folders as in LLaVA's eval.zip (`<eval_root>/<folder>/...`); results
     go to `<out_dir>/<benchmark>/`. `limit` takes the first N questions of the file (a prefix, so
     positional scorers stay aligned); the score then covers those N only. `parity_sample` > 0 also
-    answers that many questions (spread over the file) at batch 1 and lists where they differ.
+    answers that many questions (spread over the file) at batch 1: result["parity"] lists where they
+    differ ([] when none do) and result["parity_checked"] how many were compared.
     `judge` None reads the LLAVA_JUDGE_* environment; a judged benchmark without a judge is skipped
     (status "skipped", nothing generated) unless `generate_without_judge=True`, which still writes the
-    answers and the grader's upload file. Further `options` (cpus_per_actor, dtype, max_new_tokens,
-    model_id, generate_without_judge, delay_first_batch_s) are those of `run_benchmarks`.
+    answers and the grader's upload file. `blank_images=True` feeds every image question the blank
+    (mean-colour) image instead: an image-dependence check. Further `options` (cpus_per_actor, dtype,
+    max_new_tokens, model_id, generate_without_judge, blank_images, delay_first_batch_s) are those of
+    `run_benchmarks`.
     """
     (result,) = run_benchmarks(
         [bench_name], model_dir=model_dir, eval_root=eval_root, out_dir=out_dir, template=template,

@@ -257,6 +257,37 @@ def run_ours(source: DataSource, out: str, tokenizer_dir: str, size: int, cpus: 
 # ---------------------------------------------------------------- the benchmark
 
 
+def _tree_cpu_seconds() -> float | None:
+    """CPU seconds used so far by this process and every process below it, finished ones included (a
+    parent's children_* times hold the children it reaped, e.g. Ray's exited workers). None when no raylet
+    runs below this process: Ray was started elsewhere and its workers cannot be counted."""
+    import psutil
+
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
+    if not any(_name(p) == "raylet" for p in procs):
+        return None
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:  # exited between listing and reading
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def _name(proc: Any) -> str:
+    try:
+        return str(proc.name())
+    except Exception:  # psutil.Error subclasses; the process may be gone
+        return ""
+
+
+def _rate(n: int, seconds: float | None) -> float | None:
+    return round(n / seconds, 2) if seconds else None
+
+
 def bench_preprocess(
     n: int | None = DEFAULT_N,
     *,
@@ -266,8 +297,10 @@ def bench_preprocess(
 ) -> dict[str, Any]:
     """Samples/s per CPU core of our preprocessing and of the reference's, on the same data; prints a table.
 
-    `n` None means DEFAULT_N. Ray is used as the caller initialised it, else started with every CPU
-    (start-up time not counted).
+    Per core: ours is samples / wall / CPUs Ray used, the reference samples / wall (one process). Also
+    reported: samples per CPU-second actually burnt by each (every Ray process counted, when Ray runs below
+    this process), which other load on the machine skews far less than wall time. `n` None means
+    DEFAULT_N. Ray is used as the caller initialised it, else started with every CPU (start-up not timed).
     """
     import ray
 
@@ -285,29 +318,32 @@ def bench_preprocess(
         tok_dir = root / "tokenizer"
         train_tokenizer(corpus_texts([source]), VOCAB_SIZE, tok_dir)
 
+        load_before = os.getloadavg()[0]
         started_ray = not ray.is_initialized()
         if started_ray:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
         try:
             cpus = max(1, min(int(ray.cluster_resources().get("CPU", 1)), os.cpu_count() or 1))
-            load_before = os.getloadavg()[0]
+            cpu0 = _tree_cpu_seconds()
             ours_count, prepare_wall, pixels_wall = run_ours(source, str(root / "prepared"), str(tok_dir),
                                                              size, cpus)
-            ours_wall = prepare_wall + pixels_wall
+            cpu1 = _tree_cpu_seconds()
         finally:
             if started_ray:
                 ray.shutdown()
+        ours_cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ref_count = run_reference(data["annotations"], data["image_root"], str(tok_dir / SPM_FILE), size)
-        ref_wall = time.perf_counter() - t0
+        ref_wall, ref_cpu = time.perf_counter() - t0, time.process_time() - c0
         load_after = os.getloadavg()[0]
 
     if ours_count != n or ref_count != n:
         raise RuntimeError(f"expected {n} samples from both paths, got ours={ours_count} reference={ref_count}")
-    ours = n / ours_wall / cpus
-    reference = n / ref_wall
+    ours_wall = prepare_wall + pixels_wall
+    ours, reference = n / ours_wall / cpus, n / ref_wall
+    ours_per_cpu_s, ref_per_cpu_s = _rate(n, ours_cpu), _rate(n, ref_cpu)
     result = {
         "n": n, "cpus": cpus, "size": size, "image_size": list(image_size), "images": data["images"],
         "mean_image_kb": data["mean_image_kb"],
@@ -315,7 +351,10 @@ def bench_preprocess(
         "ours_pixels_s": round(pixels_wall, 3), "reference_wall_s": round(ref_wall, 3),
         "ours_per_core": round(ours, 2), "reference_per_core": round(reference, 2),
         "ratio": round(ours / reference, 2),
-        # 1-minute load average before ours and after the reference: other work on the machine skews both.
+        "ours_cpu_s": None if ours_cpu is None else round(ours_cpu, 3), "reference_cpu_s": round(ref_cpu, 3),
+        "ours_per_cpu_s": ours_per_cpu_s, "reference_per_cpu_s": ref_per_cpu_s,
+        "ratio_cpu": round(ours_per_cpu_s / ref_per_cpu_s, 2) if ours_per_cpu_s and ref_per_cpu_s else None,
+        # 1-minute load average before and after: other work on the machine inflates wall times.
         "load_avg": [round(load_before, 2), round(load_after, 2)],
     }
     print(format_table(result))
@@ -323,15 +362,23 @@ def bench_preprocess(
 
 
 def format_table(r: dict[str, Any]) -> str:
+    """The result as a small text table."""
+    def num(x: float | None, fmt: str) -> str:
+        return "n/a" if x is None else format(x, fmt)
+
     w, h = r["image_size"]
-    lines = [
-        f"preprocess benchmark: n={r['n']}, {r['images']} JPEGs ~{w}x{h} (mean {r['mean_image_kb']} KB), "
-        f"pixels {r['size']}x{r['size']} pad",
-        f"{'path':<34}{'cores':>6}{'wall s':>9}{'samples/s/core':>16}",
-        f"{'ours (prepare + pixel map, Ray)':<34}{r['cpus']:>6}{r['ours_wall_s']:>9.2f}{r['ours_per_core']:>16.1f}",
-        f"{'reference (per sample, 1 process)':<34}{1:>6}{r['reference_wall_s']:>9.2f}"
-        f"{r['reference_per_core']:>16.1f}",
-        f"ratio ours/reference per core: {r['ratio']:.2f}x  (ours: prepare {r['ours_prepare_s']:.1f} s + pixel map "
-        f"{r['ours_pixels_s']:.1f} s; load average {r['load_avg'][0]} -> {r['load_avg'][1]})",
+    head = f"{'path':<36}{'cores':>6}{'wall s':>9}{'/s/core':>9}{'CPU s':>9}{'/CPU s':>9}"
+    rows = [
+        ("ours: prepare + pixel map (Ray)", r["cpus"], r["ours_wall_s"], r["ours_per_core"], r["ours_cpu_s"],
+         r["ours_per_cpu_s"]),
+        ("reference: per sample, 1 process", 1, r["reference_wall_s"], r["reference_per_core"],
+         r["reference_cpu_s"], r["reference_per_cpu_s"]),
     ]
+    lines = [f"preprocess benchmark: n={r['n']}, {r['images']} JPEGs ~{w}x{h} (mean {r['mean_image_kb']} KB) "
+             f"-> {r['size']}x{r['size']} pad", head]
+    for name, cores, wall, per_core, cpu, per_cpu in rows:
+        lines.append(f"{name:<36}{cores:>6}{wall:>9.2f}{per_core:>9.1f}{num(cpu, '.2f'):>9}{num(per_cpu, '.1f'):>9}")
+    lines.append(f"ratio ours/reference: {r['ratio']:.2f}x per core, {num(r['ratio_cpu'], '.2f')}x per CPU-second"
+                 f"  (ours: prepare {r['ours_prepare_s']:.1f} s + pixel map {r['ours_pixels_s']:.1f} s;"
+                 f" load average {r['load_avg'][0]} -> {r['load_avg'][1]})")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from components.core import storage
 from components.core.config import DataSource
 
+from .json_tokenizer import load_json_tokenizer
 from .process import KEPT_SCHEMA, PrepareSettings, SourceInfo, process_records, raw_from_row, raw_to_row
 from .records import split_records
 from .stats import compute_stats
@@ -54,9 +55,14 @@ class RecordProcessor:
     """Ray Data actor: holds one tokenizer, processes batches of raw record rows."""
 
     def __init__(self, tokenizer_dir: str, sources: dict[str, SourceInfo], settings: PrepareSettings) -> None:
-        from components.models.tokenizer import load_tokenizer
+        # Straight from tokenizer.json when possible: importing transformers (and so torch) costs each
+        # actor seconds of CPU before its first record.
+        tok = load_json_tokenizer(tokenizer_dir)
+        if tok is None:
+            from components.models.tokenizer import load_tokenizer
 
-        self.tok = load_tokenizer(tokenizer_dir)
+            tok = load_tokenizer(tokenizer_dir)
+        self.tok = tok
         self.sources = sources
         self.settings = settings
 

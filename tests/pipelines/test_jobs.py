@@ -299,7 +299,7 @@ def test_submit_wait_runs_the_tiny_pipeline(ray_cluster, tmp_path, capsys, monke
     ray_cli = str(Path(sys.executable).parent / "ray")
     status = subprocess.run([ray_cli, "job", "status", job_id, "--address", url], capture_output=True,
                             text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "token"})
-    assert "SUCCEEDED" in status.stdout + status.stderr, status.stdout + status.stderr
+    assert f"Job '{job_id}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
 
     from mlflow.tracking import MlflowClient
 

@@ -94,13 +94,15 @@ def test_mlflow_metric_names_are_flat_and_legal():
         "benchmark": "mmbench", "metric": "circular_accuracy", "value": 12.5, "n_questions": 8, "n_missing": 0,
         "details": {"category": {"ocr": 10.0}, "l2_category": {"finegrained (instance-level)": 5.0},
                     "note": "text", "flag": True, "nan": float("nan")},
-        "timing": {"samples_per_s": 3.0}, "parity": {"n_different": 0},
+        "timing": {"samples_per_s": 3.0}, "parity": [{"key": "1", "reference": "a", "candidate": "b"}],
+        "parity_checked": 4,
     }
     m = mlflow_metrics(result)
     assert m["mmbench/circular_accuracy"] == 12.5
     assert m["mmbench/category/ocr"] == 10.0
     assert m["mmbench/l2_category/finegrained _instance-level_"] == 5.0
-    assert m["mmbench/timing/samples_per_s"] == 3.0 and m["mmbench/parity/n_different"] == 0
+    assert m["mmbench/timing/samples_per_s"] == 3.0
+    assert m["mmbench/parity/n_different"] == 1 and m["mmbench/parity/n_checked"] == 4
     assert not any(k.endswith(("/note", "/flag", "/nan")) for k in m)
 
 
@@ -167,3 +169,10 @@ def test_actor_answers_rows_of_mixed_benchmarks(tokenizer, tmp_path: Path):
     assert list(out["question_id"]) == ["1", "2", "3"] and list(out["bench"]) == ["pope", "sqa", "sqa"]
     assert list(out["single"][:2]) == list(out["text"][:2]) and out["single"][2] is None
     assert all(isinstance(t, str) for t in out["text"]) and (out["gen_s"] >= 0).all()
+    assert list(out["error"]) == ["", "", ""]
+    # An unreadable image comes back as an error naming question and file (Ray would drop a raised message).
+    bad = {**batch, "image_path": np.array([str(tmp_path / "gone.png"), None, None], dtype=object)}
+    errors = set(actor(bad)["error"])
+    assert len(errors) == 1 and "question 1" in errors.pop()
+    actor.generator.blank_images = True  # what GeneratorActor(..., blank_images=True) sets up
+    assert list(actor(bad)["error"]) == ["", "", ""]  # blank images: no file is read

@@ -155,6 +155,17 @@ def test_images_from_bytes_and_paths_give_the_same_answer(generator, tmp_path):
     assert len(set(answers.values())) == 1, answers
 
 
+def test_blank_images_replace_every_image_without_reading_it(generator):
+    blank = Generator(generator.model, generator.tokenizer, max_new_tokens=6, blank_images=True)
+    rng = Random(5)
+    items = [GenItem(f"b{i}", "what colour is the shape?", _image(rng)) for i in range(3)]
+    answers = blank.answer(items, batch_size=3)
+    assert len(set(answers)) == 1  # same prompt, same (blank) image: same answer whatever was given
+    assert blank.generate_batch([GenItem("gone", "what colour is the shape?", "no/such/file.png")]) == answers[:1]
+    seen = generator.answer(items, batch_size=3)
+    assert seen != answers  # the real images do reach the model
+
+
 def test_unreadable_images_name_the_question(generator, tmp_path):
     gen = Generator(generator.model, generator.tokenizer, image_root=tmp_path)
     with pytest.raises(GenerationError, match="question q7: .*missing.png"):
@@ -179,6 +190,13 @@ def test_bench_generate_reports_both_throughputs_and_parity(generator, capsys):
     out = capsys.readouterr().out
     assert "batch 1" in out and "batch 3" in out and "6/6 answers identical" in out
     assert format_bench(result) in out
+
+
+def test_bench_generate_threads_apply_only_during_the_run(generator):
+    before = torch.get_num_threads()
+    result = bench_generate(generator, synthetic_items(2), batch_size=2, n=2, max_new_tokens=2, threads=2,
+                            verbose=False)
+    assert result["torch_threads"] == 2 and torch.get_num_threads() == before == 1
 
 
 def test_bench_generate_rejects_bad_sizes(generator):

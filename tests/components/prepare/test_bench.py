@@ -1,0 +1,52 @@
+"""Smoke test of the preprocessing benchmark: both paths run end to end on tiny data and report rates.
+
+Not a timing assertion: the numbers depend on the machine and on whatever else runs on it.
+"""
+
+import json
+
+import pytest
+from PIL import Image
+
+from components.prepare.bench import bench_preprocess, format_table, write_bench_data
+
+KEYS = {
+    "n", "cpus", "size", "image_size", "images", "mean_image_kb",
+    "ours_wall_s", "ours_prepare_s", "ours_pixels_s", "reference_wall_s",
+    "ours_per_core", "reference_per_core", "ratio",
+    "ours_cpu_s", "reference_cpu_s", "ours_per_cpu_s", "reference_per_cpu_s", "ratio_cpu", "load_avg",
+}
+
+
+def test_bench_data_is_llava_finetune_format(tmp_path):
+    info = write_bench_data(tmp_path, 60, (96, 72))
+    records = json.loads((tmp_path / "annotations.json").read_text())
+    assert len(records) == 60 and info["images"] == sum(1 for r in records if "image" in r)
+    sizes = set()
+    for r in records:
+        turns = r["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2) and 1 <= len(turns) // 2 <= 3
+        has_token = "<image>" in turns[0]["value"]
+        assert has_token == ("image" in r)
+        if "image" in r:
+            with Image.open(tmp_path / "images" / r["image"]) as img:
+                assert img.format == "JPEG"
+                sizes.add(img.size)
+    assert (96, 72) in sizes and len(sizes) > 1  # base size plus larger and portrait ones
+
+
+@pytest.mark.e2e
+def test_bench_preprocess_reports_both_rates(ray_local, tmp_path, capsys):
+    result = bench_preprocess(40, work_dir=str(tmp_path), size=56, image_size=(96, 72))
+    assert result.keys() >= KEYS
+    assert result["n"] == 40 and result["cpus"] >= 1
+    assert result["ours_per_core"] > 0 and result["reference_per_core"] > 0 and result["ratio"] > 0
+    assert result["reference_cpu_s"] > 0
+    out = capsys.readouterr().out
+    assert format_table(result) in out and "ratio ours/reference" in out
+    assert (tmp_path / "prepared" / "stats.json").exists()
+
+
+def test_bench_rejects_non_positive_n():
+    with pytest.raises(ValueError, match="n must be positive"):
+        bench_preprocess(0)

@@ -57,3 +57,23 @@ def test_synth_command_is_deterministic(tmp_path, capsys):
     b = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert a == b and len(a["files"]) > 100
     assert "eval_questions" in capsys.readouterr().out
+
+
+def test_score_command_on_a_synthetic_benchmark(tmp_path, capsys):
+    """`llava-pipeline score` on GQA-format files: ground truth scores 100, a wrong answer costs its share."""
+    from components.synth.world import generate_world
+
+    generate_world(tmp_path / "world", seed=1)
+    root = tmp_path / "world" / "eval" / "gqa"
+    questions = root / "llava_gqa_testdev_balanced.jsonl"
+    truth = json.loads((root / "testdev_balanced_questions.json").read_text())
+    lines = [json.loads(x) for x in questions.read_text().splitlines()]
+    answers = [{"question_id": q["question_id"], "prompt": q["text"], "text": truth[q["question_id"]]["answer"] + ".",
+                "answer_id": str(i), "model_id": "truth", "metadata": {}} for i, q in enumerate(lines)]
+    answers[0]["text"] = "definitely not an answer"
+    pred = tmp_path / "answers.jsonl"
+    pred.write_text("".join(json.dumps(a) + "\n" for a in answers))
+    assert main(["score", "gqa", "--predictions", str(pred), "--questions", str(questions), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["metric"] == "accuracy" and result["n_questions"] == len(lines) and result["n_missing"] == 0
+    assert abs(result["value"] - 100.0 * (len(lines) - 1) / len(lines)) < 1e-6

@@ -7,7 +7,10 @@ expand2square with the CLIP mean colour, transformers' PIL CLIPImageProcessor, a
 tokenization with the slow SentencePiece tokenizer (the whole prompt, then every round and every
 instruction part again for the masking lengths).
 
-Both figures are samples/s per CPU core: ours divides by the CPUs Ray used, the reference ran on one.
+Both figures are samples/s per CPU core: ours divides by the CPUs Ray used, the reference ran on one. Wall
+time is at the mercy of other load on the machine, so samples per CPU-second actually used are reported too.
+
+    python -m pipelines.cli bench preprocess --n 2000     # or bench_preprocess(2000)
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ PORTRAIT_FRACTION = 0.1  # base size turned on its side
 NOISE_SIGMA = 16.0  # texture strength: ~120-150 KB per 640x480 JPEG at quality 90, about COCO's average
 IGNORE_INDEX = -100
 PREPARE_BATCH = 128  # records per tokenizer call / actor batch
-PIXEL_BATCH = 32  # images per pixel-map batch
+PIXEL_BATCH = 64  # images per pixel-map task: enough tasks to balance the CPUs, few enough to keep Ray overhead low
 IMAGE_TOKEN_INDEX = -200  # the reference's placeholder id in tokenizer_image_token
 
 _SYLLABLES = "ka lo mi ne ru sa ti vo be da fe gi ho ju ly pa qu re so tu wa xe zo an el in or um".split()
@@ -284,8 +287,13 @@ def _name(proc: Any) -> str:
         return ""
 
 
+def _sig(x: float) -> float:
+    """Three significant digits: tiny runs give tiny rates and ratios that must not round to zero."""
+    return float(f"{x:.3g}")
+
+
 def _rate(n: int, seconds: float | None) -> float | None:
-    return round(n / seconds, 2) if seconds else None
+    return _sig(n / seconds) if seconds else None
 
 
 def bench_preprocess(
@@ -300,7 +308,8 @@ def bench_preprocess(
     Per core: ours is samples / wall / CPUs Ray used, the reference samples / wall (one process). Also
     reported: samples per CPU-second actually burnt by each (every Ray process counted, when Ray runs below
     this process), which other load on the machine skews far less than wall time. `n` None means
-    DEFAULT_N. Ray is used as the caller initialised it, else started with every CPU (start-up not timed).
+    DEFAULT_N. Data, tokenizer and shards go under `work_dir` (kept), else a temporary folder (removed).
+    Ray is used as the caller initialised it, else started with every CPU (start-up not timed).
     """
     import ray
 
@@ -349,11 +358,10 @@ def bench_preprocess(
         "mean_image_kb": data["mean_image_kb"],
         "ours_wall_s": round(ours_wall, 3), "ours_prepare_s": round(prepare_wall, 3),
         "ours_pixels_s": round(pixels_wall, 3), "reference_wall_s": round(ref_wall, 3),
-        "ours_per_core": round(ours, 2), "reference_per_core": round(reference, 2),
-        "ratio": round(ours / reference, 2),
+        "ours_per_core": _sig(ours), "reference_per_core": _sig(reference), "ratio": _sig(ours / reference),
         "ours_cpu_s": None if ours_cpu is None else round(ours_cpu, 3), "reference_cpu_s": round(ref_cpu, 3),
         "ours_per_cpu_s": ours_per_cpu_s, "reference_per_cpu_s": ref_per_cpu_s,
-        "ratio_cpu": round(ours_per_cpu_s / ref_per_cpu_s, 2) if ours_per_cpu_s and ref_per_cpu_s else None,
+        "ratio_cpu": _sig(ours_per_cpu_s / ref_per_cpu_s) if ours_per_cpu_s and ref_per_cpu_s else None,
         # 1-minute load average before and after: other work on the machine inflates wall times.
         "load_avg": [round(load_before, 2), round(load_after, 2)],
     }
@@ -377,8 +385,8 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [f"preprocess benchmark: n={r['n']}, {r['images']} JPEGs ~{w}x{h} (mean {r['mean_image_kb']} KB) "
              f"-> {r['size']}x{r['size']} pad", head]
     for name, cores, wall, per_core, cpu, per_cpu in rows:
-        lines.append(f"{name:<36}{cores:>6}{wall:>9.2f}{per_core:>9.1f}{num(cpu, '.2f'):>9}{num(per_cpu, '.1f'):>9}")
-    lines.append(f"ratio ours/reference: {r['ratio']:.2f}x per core, {num(r['ratio_cpu'], '.2f')}x per CPU-second"
+        lines.append(f"{name:<36}{cores:>6}{wall:>9.2f}{per_core:>9.3g}{num(cpu, '.2f'):>9}{num(per_cpu, '.3g'):>9}")
+    lines.append(f"ratio ours/reference: {r['ratio']:.3g}x per core, {num(r['ratio_cpu'], '.3g')}x per CPU-second"
                  f"  (ours: prepare {r['ours_prepare_s']:.1f} s + pixel map {r['ours_pixels_s']:.1f} s;"
                  f" load average {r['load_avg'][0]} -> {r['load_avg'][1]})")
     return "\n".join(lines)

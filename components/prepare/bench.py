@@ -232,6 +232,7 @@ def run_ours(source: DataSource, out: str, tokenizer_dir: str, size: int, cpus: 
 
     Returns (samples that came out, prepare seconds, pixel-map seconds).
     """
+    import pyarrow.parquet as pq
     import ray
 
     from .pixels import PixelLoader
@@ -247,10 +248,13 @@ def run_ours(source: DataSource, out: str, tokenizer_dir: str, size: int, cpus: 
     if stats["rejected"]:
         raise RuntimeError(f"benchmark data had {stats['rejected']} rejected records: {stats['rejected_by_reason']}")
     t1 = time.perf_counter()
-    # A shard reads as one block and a task maps whole blocks: re-block so every CPU decodes images.
-    pixels = (ray.data.read_parquet(os.path.join(out, "shards"))
-              .repartition(target_num_rows_per_block=PIXEL_BATCH)
-              .map_batches(PixelLoader("pad", size), batch_format="pyarrow", batch_size=PIXEL_BATCH))
+    # As the training stages do (components/train/data.py): the driver reads the token columns of the
+    # shards, Ray Data tasks load the pixels, one block per batch so every CPU decodes images. (Reading
+    # through ray.data.read_parquet instead costs a file-listing and a re-blocking task up front.)
+    table = pq.read_table(os.path.join(out, "shards"), columns=["id", "image", "input_ids", "labels"])
+    blocks = [table.slice(i, PIXEL_BATCH) for i in range(0, table.num_rows, PIXEL_BATCH)]
+    pixels = ray.data.from_arrow(blocks).map_batches(PixelLoader("pad", size), batch_format="pyarrow",
+                                                     batch_size=None)
     count = 0
     for batch in pixels.iter_batches(batch_size=PIXEL_BATCH, batch_format="pyarrow"):
         count += batch.num_rows

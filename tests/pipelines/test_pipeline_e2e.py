@@ -153,14 +153,14 @@ def test_interrupted_driver_resumes(ray_local, mlflow_server, tmp_path):
     first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True, cwd=Path(__file__).resolve().parents[2])
     deadline = time.time() + 900
-    ckpts: list[Path] = []
+    snapshots: list[Path] = []
     while time.time() < deadline and first.poll() is None:
-        ckpts = list(storage.glob("ray_train/finetune-*/checkpoint_*"))
-        if ckpts:
+        # Ray Train resumes from its snapshot file, written once a reported checkpoint is registered.
+        snapshots = list(storage.glob("ray_train/finetune-*/checkpoint_manager_snapshot.json"))
+        if snapshots:
             break
-        time.sleep(1)
-    assert ckpts, "finetune never wrote a checkpoint"
-    time.sleep(1)
+        time.sleep(0.5)
+    assert snapshots, "finetune never registered a checkpoint"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
     env.pop("LLAVA_TRAIN_STEP_DELAY_S")

@@ -10,20 +10,13 @@ def storage_root(cfg: PipelineConfig) -> str:
     return cfg.storage.replace("{name}", cfg.name)
 
 
-def latest_output(cfg: PipelineConfig, stage: str, needs: str = "") -> str | None:
-    """The most recently committed output of a stage (one with a manifest), if any."""
-    fs, inner = storage.filesystem(storage.join(storage_root(cfg), "artifacts", stage))
-    if not fs.exists(inner):
-        return None
-    found = []
-    for manifest in fs.glob(inner.rstrip("/") + "/*/manifest.json"):
-        folder = manifest.rsplit("/", 1)[0]
-        if not needs or fs.exists(folder + "/" + needs):
-            found.append((fs.info(manifest).get("mtime", 0) or 0, folder))
-    if not found:
-        return None
-    folder = max(found)[1]
-    return storage.join(storage_root(cfg), "artifacts", stage, folder.rsplit("/", 1)[-1])
+def latest_output(cfg: PipelineConfig, stage: str) -> str | None:
+    """The output folder of a stage's most recently committed run, if any."""
+    from .executor import artifact_dir, latest_manifest
+
+    root = storage_root(cfg)
+    manifest = latest_manifest(root, stage)
+    return artifact_dir(root, stage, manifest["fingerprint"]) if manifest else None
 
 
 def local_tokenizer(cfg: PipelineConfig) -> str:
@@ -31,7 +24,7 @@ def local_tokenizer(cfg: PipelineConfig) -> str:
     config's corpus (generating the synthetic world first when the config uses it)."""
     from components.prepare.run import build_tokenizer, resolve_sources
 
-    prepared = latest_output(cfg, "prepare", needs="tokenizer")
+    prepared = latest_output(cfg, "prepare")
     if prepared:
         return storage.join(prepared, "tokenizer")
     cache = storage.join(storage_root(cfg), "cache", "inspect")

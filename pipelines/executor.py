@@ -7,6 +7,7 @@ last — exists there, so a half-written output is never taken as done.
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections.abc import Callable
@@ -75,8 +76,6 @@ def latest_manifest(root: str, stage: str) -> dict[str, Any] | None:
     best = None
     for path in fs.glob(inner.rstrip("/") + "/*/" + MANIFEST):
         with fs.open(path, "rb") as f:
-            import json
-
             m = json.loads(f.read())
         if best is None or m.get("finished_at", 0) > best.get("finished_at", 0):
             best = m

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from components.core import storage
-from components.core.config import CONFIG_DIR, PipelineConfig, deepspeed_config_path
+from components.core.config import PipelineConfig, deepspeed_config_path
 from components.core.fingerprint import flatten
 from components.tracking import MlflowTarget
 
@@ -101,7 +101,6 @@ class PipelineTracker:
                 dst.parent.mkdir(exist_ok=True)
                 dst.write_text(src.read_text())
             self.client.log_artifacts(self.parent, tmp, "config")
-        self._config_dir = CONFIG_DIR
 
     def target(self, run_id: str | None) -> MlflowTarget | None:
         return MlflowTarget(self.uri, run_id) if run_id else None

@@ -38,8 +38,7 @@ def run_synth(ctx: StageContext) -> dict[str, Any]:
     else:  # generate locally, then upload the folder
         with tempfile.TemporaryDirectory() as tmp:
             manifest = generate_world(tmp, seed=synth.seed, size=synth.size)
-            fs, inner = storage.filesystem(ctx.out)
-            fs.put(tmp + "/", inner, recursive=True)
+            storage.upload_dir(tmp, ctx.out)
     return {"files": len(manifest["files"])}
 
 

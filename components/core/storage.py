@@ -89,6 +89,11 @@ def staged_dir(path: str) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="llava-stage-") as tmp:
         yield tmp
-        fs, inner = filesystem(path)
-        fs.makedirs(inner, exist_ok=True)
-        fs.put(tmp.rstrip("/") + "/", inner.rstrip("/") + "/", recursive=True)
+        upload_dir(tmp, path)
+
+
+def upload_dir(local_dir: str, path: str) -> None:
+    """Copy a local folder's contents into `path` (local path or URL)."""
+    fs, inner = filesystem(path)
+    fs.makedirs(inner, exist_ok=True)
+    fs.put(str(local_dir).rstrip("/") + "/", inner.rstrip("/") + "/", recursive=True)

@@ -118,8 +118,7 @@ def run_export_stage(
         }
         (local / "export.json").write_text(json.dumps(summary, indent=2))
         if remote:
-            fs, inner = storage.filesystem(out)
-            fs.put(str(local) + "/", inner, recursive=True)
+            storage.upload_dir(str(local), out)
         if mlflow is not None:
             parity_metrics = {"parity_checked": float(report["n_checked"])}
             if report["ok"] is not None:

@@ -58,9 +58,7 @@ def build_tokenizer(cfg: PipelineConfig, sources: list[DataSource], out: str) ->
             load_tokenizer(cfg.model.tokenizer.name_or_path).save_pretrained(tmp)
         else:
             train_tokenizer(corpus_texts(sources), cfg.model.tokenizer.vocab_size, tmp)
-        fs, inner = storage.filesystem(out)
-        fs.makedirs(inner, exist_ok=True)
-        fs.put(tmp + "/", inner, recursive=True)
+        storage.upload_dir(tmp, out)
     return out
 
 

@@ -34,17 +34,6 @@ from components.models.trainable import apply_lora, merge_lora
 from .engine import full_state_dict
 
 
-def upload(local_dir: str, out: str) -> None:
-    """Copy a local folder's files into `out` (local path or URL)."""
-    fs, inner = storage.filesystem(out)
-    fs.makedirs(inner, exist_ok=True)
-    for path in sorted(Path(local_dir).rglob("*")):
-        if path.is_file():
-            dest = storage.join(inner, str(path.relative_to(local_dir)))
-            fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
-            fs.put_file(str(path), dest)
-
-
 def write_pretrain_output(module: nn.Module, out: str, rank: int) -> None:
     """connector.safetensors (collective: gathers the connector under ZeRO-3)."""
     import deepspeed
@@ -53,7 +42,7 @@ def write_pretrain_output(module: nn.Module, out: str, rank: int) -> None:
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_connector(module, Path(tmp) / "connector.safetensors")
-                upload(tmp, out)
+                storage.upload_dir(tmp, out)
 
 
 def build_processor(cfg: PipelineConfig, tokenizer: PreTrainedTokenizerBase) -> LlavaProcessor:
@@ -106,7 +95,7 @@ def write_finetune_output(
         llava.config.tokenizer_model_max_length = stage.max_length
         llava.save_pretrained(str(folder))
         build_processor(cfg, tokenizer).save_pretrained(str(folder))
-        upload(tmp, out)
+        storage.upload_dir(tmp, out)
 
 
 def write_export_probe(module: nn.Module, inputs: dict[str, Any], out: str, rank: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,25 @@ def restore(engine: Any, rank: int) -> dict[str, Any] | None:
             if "cuda" in state and torch.cuda.is_available():
                 torch.cuda.set_rng_state(state["cuda"])
     return meta
+
+
+def wait_until_registered(timeout_s: float = 120.0) -> bool:
+    """Block until Ray Train's controller has registered a reported checkpoint (its snapshot file names one).
+
+    The controller polls workers every few seconds, so a checkpoint reported just before a worker dies may
+    never be registered; fault-injection tests call this before killing a worker so the resume is certain.
+    """
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    fs, path = storage.storage_filesystem, storage.checkpoint_manager_snapshot_path
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with fs.open_input_stream(path) as f:
+                if json.loads(f.read()).get("latest_checkpoint_result"):
+                    return True
+        except (FileNotFoundError, OSError, ValueError):
+            pass  # not written yet, or caught mid-write
+        time.sleep(0.5)
+    return False

@@ -24,7 +24,7 @@ from components.core import storage
 from components.core.config import PipelineConfig
 from components.tracking import MlflowTarget
 
-from .checkpoint import restore, save_and_report
+from .checkpoint import restore, save_and_report, wait_until_registered
 from .collate import CollateSpec, collate
 from .data import worker_batches
 from .engine import deepspeed_config, frozen_fingerprint
@@ -207,7 +207,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         if step_delay:
             time.sleep(step_delay)
         if done == fault_step and meta is None and rank == (1 if world > 1 else 0):
-            print(f"[{name}] {FAULT_ENV}={fault_step}: rank {rank} exits after step {done}", flush=True)
+            registered = wait_until_registered()
+            print(f"[{name}] {FAULT_ENV}={fault_step}: rank {rank} exits after step {done} (checkpoint "
+                  f"registered: {registered})", flush=True)
             os._exit(1)
         if (stage.checkpoint_every and done % stage.checkpoint_every == 0) or done == total:
             state = {**history, "step": done, "position": done * stage.global_batch,

@@ -67,11 +67,13 @@ def marked_text(tok: Any, input_ids: list[int], labels: list[int]) -> str:
 
 
 def inspect_sample(record: Any, source: str, cfg: PipelineConfig, stage: str, tok: Any) -> dict[str, Any]:
+    from components.core.config import model_for_prepare
     from components.models.assembly import num_image_tokens
 
     stage_cfg = cfg.pretrain if stage == "pretrain" else cfg.finetune
     sample = normalize_image_token(parse_record(record, source=source))
-    out = tokenize_sample(sample, tok, template=stage_cfg.template, num_image_tokens=num_image_tokens(cfg.model),
+    n_img = num_image_tokens(model_for_prepare(cfg))  # as prepared (the sweep's largest for image_size: auto)
+    out = tokenize_sample(sample, tok, template=stage_cfg.template, num_image_tokens=n_img,
                           max_length=stage_cfg.max_length)
     spans = supervised_spans(out.labels)
     return {

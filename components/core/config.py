@@ -7,11 +7,12 @@ key path (`finetune.optim.lr: expected a number, got 'fast'`).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -39,7 +40,9 @@ class RandomVision(Strict):
 class VisionConfig(Strict):
     name_or_path: str | None = None  # HF name, local path or s3:// path of a CLIPVisionModel checkpoint
     random_init: RandomVision | None = None
-    image_size: int | None = None  # resolution fed to the tower; defaults to the checkpoint's own
+    # Resolution fed to the tower; defaults to the checkpoint's own. `auto`: the sweep's best resolution
+    # (its image_size, and its tower when the sweep entry names one).
+    image_size: int | Literal["auto"] | None = None
     feature_layer: int = -2  # hidden state taken from the tower (LLaVA-1.5: penultimate)
     feature_select: Literal["patch", "cls_patch"] = "patch"  # patch drops CLS (LLaVA-1.5)
 
@@ -208,6 +211,114 @@ class TrackingConfig(Strict):
     experiment: str = "llava-pipeline"
 
 
+# ---------------------------------------------------------------- sweep
+
+AUTO = "auto"
+CONNECTOR_SPEC = re.compile(r"^(linear|identity|mlp[1-9]\d*x_gelu)$")
+
+
+class Resolution(Strict):
+    """One resolution of the sweep: the image size fed to the tower and, optionally, the tower trained for it
+    (LLaVA-1.5: 224 px = openai/clip-vit-large-patch14, 336 px = openai/clip-vit-large-patch14-336). Without
+    a tower the model's own is used at this size (random-init towers are built for it; a checkpoint's
+    position embeddings are interpolated). A bare number in YAML means {image_size: N}."""
+
+    image_size: int = Field(gt=0)
+    name_or_path: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_number(cls, value: Any) -> Any:
+        return {"image_size": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @property
+    def label(self) -> str:
+        return f"{self.image_size}px"
+
+
+class SweepSpace(Strict):
+    """The grid searched: every connector × every resolution. An empty list keeps the model's own value."""
+
+    connector: list[str] = ["linear", "mlp2x_gelu", "mlp3x_gelu"]
+    resolution: list[Resolution] = []
+
+    @field_validator("connector")
+    @classmethod
+    def _connectors(cls, value: list[str]) -> list[str]:
+        for i, spec in enumerate(value):
+            if not CONNECTOR_SPEC.match(spec):
+                raise ValueError(f"entry {i} {spec!r} is not a connector spec (linear, mlp{{N}}x_gelu, identity)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"connectors listed more than once: {value}")
+        return value
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolutions(cls, value: list[Resolution]) -> list[Resolution]:
+        sizes = [r.image_size for r in value]
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"image sizes must be unique (they name the trials), got {sizes}")
+        return value
+
+
+class SweepProxy(Strict):
+    """How much of each training stage a trial runs: `data_fraction` of the stage's epochs (a random subset
+    of the data, as the stage's own shuffled order), capped at the step counts when given."""
+
+    data_fraction: float = Field(0.1, gt=0, le=1)
+    pretrain_steps: int | None = Field(None, gt=0)
+    finetune_steps: int | None = Field(None, gt=0)
+
+
+class SweepDev(Strict):
+    """The quick evaluation after each rung: the first `limit` questions of one benchmark."""
+
+    benchmark: str = "gqa"
+    limit: int | None = Field(200, gt=0)
+    batch_size: int = Field(16, gt=0)
+
+
+class SweepAsha(Strict):
+    """ASHA early stopping over the rungs (Tune's ASHAScheduler with max_t = sweep.rungs)."""
+
+    enabled: bool = True
+    grace_period: int = Field(1, gt=0)  # rungs every trial runs before it can be stopped
+    reduction_factor: float = Field(2.0, gt=1)  # keep the top 1/reduction_factor at each milestone
+
+
+class SweepResources(Strict):
+    """Per trial. Proxy training runs with these Train workers (null: the stage's own setting); the trial's
+    own Tune function, which only drives Train runs and the dev evaluation, holds `driver_cpus`."""
+
+    num_workers: int | None = Field(None, gt=0)
+    use_gpu: bool | None = None
+    cpus_per_worker: float | None = Field(None, gt=0)
+    driver_cpus: float = Field(1.0, ge=0)
+
+
+class SweepConfig(Strict):
+    """Ray Tune over connector × resolution: each trial a proxy pretrain + finetune and a dev evaluation
+    after each of `rungs` finetune segments; the best values feed `auto` in model.connector and
+    model.vision.image_size."""
+
+    enabled: bool = False
+    space: SweepSpace = SweepSpace()
+    proxy: SweepProxy = SweepProxy()
+    dev: SweepDev = SweepDev()
+    rungs: int = Field(3, gt=0)  # evaluations per trial (ASHA's max_t); the finetune proxy is split evenly
+    metric: str | None = None  # a reported key; default: the dev benchmark's own metric (e.g. accuracy)
+    mode: Literal["max", "min"] = "max"
+    asha: SweepAsha = SweepAsha()
+    resources: SweepResources = SweepResources()
+    max_concurrent_trials: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _checks(self) -> SweepConfig:
+        if self.metric in ("train_loss", "pretrain_loss") and self.mode != "min":
+            raise ValueError(f"metric {self.metric} is a loss: set mode: min")
+        return self
+
+
 # ---------------------------------------------------------------- whole pipeline
 
 
@@ -223,6 +334,7 @@ class PipelineConfig(Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
     tracking: TrackingConfig = TrackingConfig()
+    sweep: SweepConfig = SweepConfig()
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -321,7 +433,17 @@ def resolve_path(path: str | Path) -> Path:
     raise ConfigError(f"config {str(path)!r} not found (looked in . and {CONFIG_DIR})")
 
 
-def load_raw(path: str | Path) -> dict[str, Any]:
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`: mappings merge key by key, anything else (lists included) replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a mapping. `extends: other.yaml` (relative to the file, or a config name) starts from
+    that config and applies this file's keys on top."""
     p = resolve_path(path)
     try:
         raw = yaml.safe_load(p.read_text())
@@ -329,14 +451,81 @@ def load_raw(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
-    return _yaml_floats(raw)
+    raw = _yaml_floats(raw)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: extends: expected a config file name, got {_describe(base)}")
+    target = p.parent / base if (p.parent / base).exists() else base
+    try:
+        base_path = resolve_path(target).resolve()
+    except ConfigError as e:
+        raise ConfigError(f"{p}: extends: {e}") from None
+    if base_path in (*_seen, p.resolve()):
+        raise ConfigError(f"{p}: extends: {base} leads back to itself")
+    return _merge(load_raw(base_path, (*_seen, p.resolve())), raw)
+
+
+def model_for_prepare(cfg: PipelineConfig) -> ModelConfig:
+    """The model the prepared dataset is built for. Shards keep one compact `<image>` id (expanded per
+    resolution when batches are made), but rows are cut so the image block fits max_length: with
+    model.vision.image_size `auto` they are cut for the sweep's largest resolution, so every candidate fits."""
+    model = cfg.model
+    if model.vision.image_size != AUTO:
+        return model
+    largest = max(cfg.sweep.space.resolution, key=lambda r: r.image_size)
+    vision = {"image_size": largest.image_size}
+    if largest.name_or_path:
+        vision["name_or_path"] = largest.name_or_path
+    return model.model_copy(update={"vision": model.vision.model_copy(update=vision)})
+
+
+def sweep_problems(cfg: PipelineConfig) -> list[str]:
+    """`key.path: problem` for what only the whole config can tell: `auto` without a sweep to fill it,
+    sweep entries that do not fit the model."""
+    sweep, vision = cfg.sweep, cfg.model.vision
+    problems = []
+    autos = {"model.connector": (cfg.model.connector == AUTO, "connector"),
+             "model.vision.image_size": (vision.image_size == AUTO, "resolution")}
+    for path, (is_auto, dim) in autos.items():
+        if not is_auto:
+            continue
+        if not sweep.enabled:
+            problems.append(f"{path}: 'auto' takes the sweep's best value, but sweep.enabled is false")
+        elif not getattr(sweep.space, dim):
+            problems.append(f"{path}: 'auto' needs candidates in sweep.space.{dim}, which is empty")
+    if not sweep.enabled:
+        return problems
+    for i, res in enumerate(sweep.space.resolution):
+        if res.name_or_path and vision.random_init is not None:
+            problems.append(f"sweep.space.resolution.{i}.name_or_path: the model's vision tower is random_init; "
+                            "a sweep entry cannot switch it to a checkpoint")
+        if vision.random_init is not None and res.image_size % vision.random_init.patch_size:
+            problems.append(f"sweep.space.resolution.{i}.image_size: {res.image_size} is not a multiple of the "
+                            f"patch size {vision.random_init.patch_size}")
+    r = sweep.resources
+    for stage in ("pretrain", "finetune"):
+        sc = getattr(cfg, stage)
+        workers = r.num_workers or sc.num_workers
+        if sc.global_batch % (sc.per_device_batch * workers):
+            problems.append(f"sweep.resources.num_workers: {workers} workers do not divide {stage}.global_batch "
+                            f"{sc.global_batch} into micro-batches of {stage}.per_device_batch {sc.per_device_batch}")
+    if sweep.proxy.finetune_steps is not None and sweep.proxy.finetune_steps < sweep.rungs:
+        problems.append(f"sweep.rungs: {sweep.rungs} rungs need at least as many finetune steps, but "
+                        f"sweep.proxy.finetune_steps is {sweep.proxy.finetune_steps}")
+    return problems
 
 
 def validate(raw: dict[str, Any], source: str = "<config>") -> PipelineConfig:
     try:
-        return PipelineConfig.model_validate(raw)
+        cfg = PipelineConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_errors(source, e)) from None
+    problems = sweep_problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    return cfg
 
 
 def load_config(path: str | Path = "tiny", overrides: list[str] | None = None) -> PipelineConfig:

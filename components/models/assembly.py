@@ -49,6 +49,8 @@ def _checkpoint_vision_config(name_or_path: str) -> CLIPVisionConfig:
 def _vision_config(cfg: ModelConfig) -> CLIPVisionConfig:
     """The vision tower's config, with the resolution actually fed to it."""
     v = cfg.vision
+    if v.image_size == "auto":
+        raise ValueError("model.vision.image_size is 'auto': the sweep must resolve it to a size before build")
     if v.random_init is not None:
         r = v.random_init
         base = CLIPVisionConfig(

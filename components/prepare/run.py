@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from components.core import storage
-from components.core.config import DataSource, PipelineConfig
+from components.core.config import DataSource, PipelineConfig, model_for_prepare
 from components.core.templates import VICUNA_SYSTEM
 
 from .process import PrepareSettings
@@ -69,7 +69,7 @@ def run_prepare(cfg: PipelineConfig, out: str, synth_root: str | None = None) ->
     pretrain = resolve_sources(cfg.data.pretrain, synth_root)
     finetune = resolve_sources(cfg.data.finetune, synth_root)
     tok_dir = build_tokenizer(cfg, pretrain + finetune, storage.join(out, "tokenizer"))
-    n_img = num_image_tokens(cfg.model)
+    n_img = num_image_tokens(model_for_prepare(cfg))
     result: dict[str, Any] = {"tokenizer": tok_dir}
     for name, stage, sources in (("pretrain", cfg.pretrain, pretrain), ("finetune", cfg.finetune, finetune)):
         settings = PrepareSettings(template=stage.template, num_image_tokens=n_img, max_length=stage.max_length,

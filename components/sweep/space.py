@@ -1,0 +1,138 @@
+"""The sweep's grid and how its values enter a pipeline config. Pure: no Ray, no torch.
+
+- `grid`: the trial points, connector × resolution, in a fixed order (the order Tune runs them).
+- `trial_config`: the config a trial trains with: its point, the proxy budget, the per-trial resources.
+- `resolve_auto`: `auto` in model.connector / model.vision.image_size replaced by the sweep's best values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from components.core.config import AUTO, PipelineConfig, Resolution, validate
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """One cell of the grid. `resolution` None keeps the model's own resolution (not searched)."""
+
+    connector: str
+    resolution: Resolution | None
+
+    @property
+    def image_size(self) -> int | None:
+        return self.resolution.image_size if self.resolution else None
+
+    @property
+    def resolution_label(self) -> str:
+        return self.resolution.label if self.resolution else "model"
+
+    @property
+    def key(self) -> str:
+        """A name for files, Ray runs and MLflow (stable across reruns)."""
+        return f"{self.connector}-{self.resolution_label}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"connector": self.connector,
+                "resolution": self.resolution.model_dump(mode="json") if self.resolution else None,
+                "label": self.resolution_label}
+
+
+def grid(cfg: PipelineConfig) -> list[TrialPoint]:
+    """Every connector × every resolution; an empty list in the space keeps the model's value."""
+    space = cfg.sweep.space
+    connectors = space.connector or [cfg.model.connector]
+    resolutions: list[Resolution | None] = list(space.resolution) or [None]
+    return [TrialPoint(c, r) for c in connectors for r in resolutions]
+
+
+def point_for(cfg: PipelineConfig, connector: str, image_size: int | None) -> TrialPoint:
+    """The grid point Tune's config names (connector, image_size)."""
+    for p in grid(cfg):
+        if p.connector == connector and p.image_size == image_size:
+            return p
+    raise KeyError(f"no sweep point connector={connector!r} image_size={image_size!r}")
+
+
+def _apply_model(model: dict[str, Any], connector: str | None, resolution: Resolution | None) -> None:
+    if connector is not None:
+        model["connector"] = connector
+    if resolution is not None:
+        model["vision"]["image_size"] = resolution.image_size
+        if resolution.name_or_path:
+            model["vision"]["name_or_path"] = resolution.name_or_path
+
+
+def scaled_epochs(epochs: float, fraction: float) -> float:
+    return epochs * fraction
+
+
+def trial_config(cfg: PipelineConfig, point: TrialPoint) -> PipelineConfig:
+    """The config one trial trains with: its connector and resolution, the proxy budget, trial resources."""
+    sweep = cfg.sweep
+    raw = cfg.model_dump(mode="json")
+    _apply_model(raw["model"], point.connector, point.resolution)
+    if raw["model"]["vision"]["image_size"] == AUTO:  # resolution not searched: the model's own
+        raw["model"]["vision"]["image_size"] = None
+    caps = {"pretrain": sweep.proxy.pretrain_steps, "finetune": sweep.proxy.finetune_steps}
+    r = sweep.resources
+    for stage in ("pretrain", "finetune"):
+        sc = raw[stage]
+        sc["epochs"] = scaled_epochs(sc["epochs"], sweep.proxy.data_fraction)
+        limits = [x for x in (sc["max_steps"], caps[stage]) if x is not None]
+        sc["max_steps"] = min(limits) if limits else None
+        sc["checkpoint_every"] = 0  # checkpoints come at each rung
+        for key in ("num_workers", "use_gpu", "cpus_per_worker"):
+            if getattr(r, key) is not None:
+                sc[key] = getattr(r, key)
+    raw["sweep"] = {"enabled": False}
+    return validate(raw, f"sweep trial {point.key}")
+
+
+def rung_steps(total: int, rungs: int) -> list[int]:
+    """The finetune step after which each rung evaluates: `rungs` even segments of `total` steps."""
+    if rungs < 1:
+        raise ValueError(f"rungs must be >= 1, got {rungs}")
+    if total < rungs:
+        raise ValueError(f"sweep.rungs: {rungs} rungs need at least {rungs} finetune steps, but a trial's proxy "
+                         f"finetune has {total}; raise sweep.proxy.data_fraction / finetune_steps or lower rungs")
+    return [math.ceil(total * k / rungs) for k in range(1, rungs + 1)]
+
+
+def auto_keys(cfg: PipelineConfig) -> list[str]:
+    """The config keys set to `auto`."""
+    keys = []
+    if cfg.model.connector == AUTO:
+        keys.append("model.connector")
+    if cfg.model.vision.image_size == AUTO:
+        keys.append("model.vision.image_size")
+    return keys
+
+
+def resolve_auto(cfg: PipelineConfig, best: dict[str, Any], source: str = "sweep") -> tuple[PipelineConfig,
+                                                                                             dict[str, Any]]:
+    """`cfg` with its `auto` values taken from a sweep's best trial (best.json's `best`), and the choices
+    made ({key: value}); a config without `auto` comes back unchanged with no choices."""
+    keys = auto_keys(cfg)
+    if not keys:
+        return cfg, {}
+    raw = cfg.model_dump(mode="json")
+    choices: dict[str, Any] = {}
+    if "model.connector" in keys:
+        connector = best.get("connector")
+        if not connector:
+            raise ValueError(f"{source}: best.json names no connector for model.connector: auto")
+        _apply_model(raw["model"], connector, None)
+        choices["model.connector"] = connector
+    if "model.vision.image_size" in keys:
+        res = best.get("resolution")
+        if not res:
+            raise ValueError(f"{source}: best.json names no resolution for model.vision.image_size: auto")
+        resolution = Resolution.model_validate(res)
+        _apply_model(raw["model"], None, resolution)
+        choices["model.vision.image_size"] = resolution.image_size
+        if resolution.name_or_path:
+            choices["model.vision.name_or_path"] = resolution.name_or_path
+    return validate(raw, f"{source} (auto resolved)"), choices

@@ -217,6 +217,39 @@ def generate_with_ray(
     return results, stats
 
 
+def generate_in_process(
+    rows: list[dict[str, Any]],
+    *,
+    model_dir: str,
+    template: TemplateName,
+    batch_size: int,
+    dtype: str = "auto",
+    cpus: float = 1.0,
+    blank_images: bool = False,
+) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
+    """`generate_with_ray` without Ray: one GeneratorActor in this process, on CPU (for callers that already
+    hold the CPUs and have torch loaded, such as a sweep trial, where an actor pool would cost more to start
+    than the answers take)."""
+    start = time.perf_counter()
+    actor = GeneratorActor(model_dir, template=template, batch_size=batch_size, use_gpu=False, dtype=dtype,
+                           cpus=cpus, blank_images=blank_images)
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        batch = {k: np.array([r[k] for r in chunk], dtype=object) for k in chunk[0]}
+        batch["feed"] = np.array([r["feed"] for r in chunk], dtype=np.int64)
+        out = actor(batch)
+        errors = sorted({str(e) for e in out["error"] if e})
+        if errors:
+            raise GenerationError(f"{len(errors)} batch(es) could not be generated: " + "; ".join(errors[:5]))
+        for bench, qid, text, single, gen_s in zip(out["bench"], out["question_id"], out["text"], out["single"],
+                                                   out["gen_s"], strict=True):
+            results[(str(bench), str(qid))] = {"text": str(text), "single": single, "gen_s": float(gen_s)}
+    wall = time.perf_counter() - start
+    return results, {"pass_wall_s": wall, "pass_samples_per_s": len(results) / wall if wall > 0 else None,
+                     "pass_questions": len(results), "out_of_order_arrivals": 0}
+
+
 def _spread(questions: Sequence[Question], k: int) -> list[Question]:
     """k questions evenly spread over the list (all of them when k >= len)."""
     n = len(questions)
@@ -338,9 +371,11 @@ def run_benchmarks(
     generate_without_judge: bool = False,
     blank_images: bool = False,
     delay_first_batch_s: float = 0.0,
+    in_process: bool = False,
 ) -> list[dict[str, Any]]:
     """`run_benchmark` for several benchmarks with one actor pool: each actor loads the model once and
-    answers every benchmark's questions. Returns one result per name, in the order given."""
+    answers every benchmark's questions. Returns one result per name, in the order given. `in_process`
+    (CPU only) answers in this process instead of an actor pool (`generate_in_process`)."""
     if batch_size < 1 or num_actors < 1:
         raise ValueError(f"batch_size and num_actors must be >= 1, got {batch_size} and {num_actors}")
     if limit is not None and limit < 1:
@@ -365,7 +400,13 @@ def run_benchmarks(
 
     results: dict[tuple[str, str], dict[str, Any]] = {}
     pass_stats: dict[str, Any] = {}
-    if todo:
+    if todo and in_process:
+        if use_gpu:
+            raise ValueError("in_process generation runs on CPU; use the actor pool (in_process=False) for GPUs")
+        results, pass_stats = generate_in_process(
+            _question_rows(todo), model_dir=str(model_dir), template=template, batch_size=batch_size, dtype=dtype,
+            cpus=cpus_per_actor, blank_images=blank_images)
+    elif todo:
         results, pass_stats = generate_with_ray(
             _question_rows(todo), model_dir=str(model_dir), template=template, batch_size=batch_size,
             num_actors=num_actors, use_gpu=use_gpu, cpus_per_actor=cpus_per_actor, dtype=dtype,
@@ -412,8 +453,8 @@ def run_benchmark(
     (status "skipped", nothing generated) unless `generate_without_judge=True`, which still writes the
     answers and the grader's upload file. `blank_images=True` feeds every image question the blank
     (mean-colour) image instead: an image-dependence check. Further `options` (cpus_per_actor, dtype,
-    max_new_tokens, model_id, generate_without_judge, blank_images, delay_first_batch_s) are those of
-    `run_benchmarks`.
+    max_new_tokens, model_id, generate_without_judge, blank_images, delay_first_batch_s, in_process) are those
+    of `run_benchmarks`.
     """
     (result,) = run_benchmarks(
         [bench_name], model_dir=model_dir, eval_root=eval_root, out_dir=out_dir, template=template,

@@ -50,6 +50,7 @@ class Job:
     init_connector: str | None  # connector.safetensors of the pretrain stage (finetune)
     total_steps: int
     num_rows: int
+    stop_at: int  # last optimizer step of this run (< total_steps for one segment of a longer run; see run.py)
     stream: np.ndarray  # row number at each stream position (the epochs' orders back to back)
     table_ref: Any  # ObjectRef of the rows' token table
     mlflow: MlflowTarget | None
@@ -143,12 +144,13 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
                    {f"{name}.resumed_from_step": start, f"{name}.restarts": history["restarts"]})
 
     # ---- data: this rank's micro-batches from the resume position on
+    end = min(total, job.stop_at)
     size, n_img = vision_image_size(cfg.model), num_image_tokens(cfg.model)
     spec = CollateSpec(image_id=image_token_id(tokenizer), num_image_tokens=n_img, max_length=stage.max_length,
                        pad_id=tokenizer.pad_token_id, image_size=size)
-    positions = rank_positions(start, total, rank=rank, world=world, batch_size=batch, accumulation=accum)
+    positions = rank_positions(start, end, rank=rank, world=world, batch_size=batch, accumulation=accum)
     if len(positions) and positions.max() >= len(job.stream):
-        raise RuntimeError(f"{name}: stream of {len(job.stream)} positions is too short for step {total}")
+        raise RuntimeError(f"{name}: stream of {len(job.stream)} positions is too short for step {end}")
     batches = iter(worker_batches(job.table_ref, job.stream[positions], batch_size=batch, mode=stage.image_mode,
                                   size=size))
     vc = llava.config.vision_config
@@ -164,7 +166,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     # ---- train: one optimizer step = `accum` micro-batches on every rank
     engine.train()
     inputs, train_start = None, time.time()
-    for step in range(start, total):
+    for step in range(start, end):
         t0 = time.perf_counter()
         lr = engine.get_lr()[0]  # the lr this step's update uses
         # loss sum, tokens, samples, images
@@ -211,7 +213,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             print(f"[{name}] {FAULT_ENV}={fault_step}: rank {rank} exits after step {done} (checkpoint "
                   f"registered: {registered})", flush=True)
             os._exit(1)
-        if (stage.checkpoint_every and done % stage.checkpoint_every == 0) or done == total:
+        if (stage.checkpoint_every and done % stage.checkpoint_every == 0) or done == end:
             state = {**history, "step": done, "position": done * stage.global_batch,
                      "epoch": done * stage.global_batch / job.num_rows}
             save_and_report(engine, state, {"step": done, **{k: v for k, v in metrics.items() if v is not None}},
@@ -230,7 +232,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     losses = history["losses"]
     k = max(1, min(5, len(losses) // 4))
     summary = {
-        "stage": name, "steps": len(losses), "total_steps": total, "samples": history["samples"],
+        "stage": name, "steps": len(losses), "total_steps": total, "stopped_at": end, "samples": history["samples"],
         "tokens": history["tokens"], "epochs": len(losses) * stage.global_batch / job.num_rows,
         "global_batch": stage.global_batch, "world_size": world, "gradient_accumulation": accum,
         "initial_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,

@@ -30,6 +30,13 @@ def total_steps(num_rows: int, global_batch: int, epochs: float, max_steps: int 
     return max(1, min(steps, max_steps) if max_steps else steps)
 
 
+def stage_steps(cfg: PipelineConfig, stage: Stage, prepared: str) -> int:
+    """The optimizer steps a stage will run on this prepared dataset (epochs and max_steps applied)."""
+    sc = getattr(cfg, stage)
+    lengths, _ = grouping_inputs(prepared, stage)
+    return total_steps(len(lengths), sc.global_batch, sc.epochs, sc.max_steps)
+
+
 def run_training(
     cfg: PipelineConfig,
     stage: Stage,
@@ -40,8 +47,15 @@ def run_training(
     storage_path: str,
     init_connector: str | None = None,
     mlflow: MlflowTarget | None = None,
+    stop_at_step: int | None = None,
 ) -> dict[str, Any]:
-    """Train one stage on the prepared data; returns rank 0's summary (also in `out`/summary.json)."""
+    """Train one stage on the prepared data; returns rank 0's summary (also in `out`/summary.json).
+
+    `stop_at_step` ends this run after that optimizer step (with a checkpoint and the stage's outputs in
+    `out`) while the schedule still spans the stage's whole step count: calling again with the same
+    run_name and a later stop continues from there, exactly as one uninterrupted run would (the sweep
+    evaluates its trials this way between segments).
+    """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -60,8 +74,11 @@ def run_training(
                            num_chunks=sc.num_workers * sc.gradient_accumulation, seed=sc.seed,
                            group_by_modality=sc.group_by_modality_length)
     table_ref = ray.put(read_shards(prepared, stage, ROW_COLUMNS))
+    if stop_at_step is not None and not 0 < stop_at_step <= steps:
+        raise ValueError(f"{stage}: stop_at_step {stop_at_step} is outside the run's steps 1..{steps}")
     job = Job(cfg=cfg, stage_name=stage, prepared=prepared, out=out, init_connector=init_connector,
-              total_steps=steps, num_rows=num_rows, stream=stream, table_ref=table_ref, mlflow=mlflow)
+              total_steps=steps, num_rows=num_rows, stop_at=stop_at_step or steps, stream=stream,
+              table_ref=table_ref, mlflow=mlflow)
 
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     if not sc.use_gpu:

@@ -191,3 +191,19 @@ def test_bad_arguments_are_clear_errors(eval_root, tmp_path):
         run_benchmark("pope", model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path, limit=0)
     with pytest.raises(ValueError, match="named more than once"):
         run_benchmarks(["pope", "POPE"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path)
+
+
+@pytest.mark.e2e
+def test_in_process_generation_answers_as_the_actor_pool(stage, eval_root, model_dir, tmp_path):
+    """The sweep's CPU path: same rows, same GeneratorActor, no Ray Data; answers and scores equal the pass."""
+    results = run_benchmarks(["gqa", "pope"], model_dir=model_dir, eval_root=eval_root, out_dir=tmp_path,
+                             batch_size=4, limit=LIMIT, max_new_tokens=6, in_process=True)
+    for r in results:
+        name = r["benchmark"]
+        assert r["status"] == "ok" and r["n_missing"] == 0 and r["value"] == stage["results"][name]["value"]
+        assert r["timing"]["pass_questions"] == 2 * LIMIT
+        ours, pool = (_lines(d / name / "answers.jsonl") for d in (tmp_path, stage["out"]))
+        assert [(a["question_id"], a["text"]) for a in ours] == [(a["question_id"], a["text"]) for a in pool]
+    with pytest.raises(ValueError, match="in_process generation runs on CPU"):
+        run_benchmark("gqa", model_dir=model_dir, eval_root=eval_root, out_dir=tmp_path, use_gpu=True,
+                      in_process=True)

@@ -16,7 +16,7 @@ def dag_png(stages: list[Any], results: dict[str, dict[str, Any]]) -> bytes:
 
     level: dict[str, int] = {}
     for s in stages:  # topological order
-        level[s.name] = 1 + max((level[d] for d in s.deps), default=-1)
+        level[s.name] = 1 + max((level[d] for d in (*s.deps, *getattr(s, "after", ()))), default=-1)
     columns: dict[int, list[str]] = {}
     for name, lv in level.items():
         columns.setdefault(lv, []).append(name)
@@ -25,10 +25,12 @@ def dag_png(stages: list[Any], results: dict[str, dict[str, Any]]) -> bytes:
     fig, ax = plt.subplots(figsize=(2.4 * len(columns) + 1, 0.9 * height + 1))
     for s in stages:
         x, y = pos[s.name]
-        for d in s.deps:
+        for d in (*s.deps, *getattr(s, "after", ())):
             dx, dy = pos[d]
+            dashed = d not in s.deps  # `after`: the config comes from there (auto), not the data
             ax.annotate("", xy=(x - 0.4, y), xytext=(dx + 0.4, dy),
-                        arrowprops={"arrowstyle": "->", "color": "#555555", "lw": 0.8})
+                        arrowprops={"arrowstyle": "->", "color": "#555555", "lw": 0.8,
+                                    "linestyle": "--" if dashed else "-"})
     for s in stages:
         x, y = pos[s.name]
         r = results.get(s.name, {"status": "skipped", "duration_s": 0})

@@ -3,6 +3,11 @@
 It is not a distributed engine: stages run their own work on Ray. Outputs live under
 `{storage}/artifacts/{stage}/{fingerprint}/` and count as done only once `manifest.json` — written
 last — exists there, so a half-written output is never taken as done.
+
+A stage may refine the config of the stages after it from its output (`Stage.resolves`: the sweep fills
+`auto` with its best values). Stages that wait for such an output (`Stage.after`) are fingerprinted with the
+refined config: from the cached output at plan time, or, when that stage has yet to run, as soon as it has
+(until then their fingerprint is "pending"). So `plan` needs no Ray, and a changed choice changes them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from components.core.fingerprint import code_version, explain, fingerprint, stag
 from components.tracking import MlflowTarget
 
 MANIFEST = "manifest.json"
+PENDING = "pending"  # fingerprint of a stage whose config waits for an upstream output
+Resolver = Callable[[PipelineConfig, str], tuple[PipelineConfig, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,9 @@ class Stage:
     code: tuple[str, ...]  # repo folders whose code the stage runs
     run: Callable[[StageContext], dict[str, Any]]  # does the work, returns metrics
     group: str = ""  # fan-out family (e.g. "evaluate"); `--only evaluate` selects all of it
+    after: tuple[str, ...] = ()  # also waits for these, whose outputs refine its config (not its upstream)
+    # For the stages after it: (config refined by this stage's output folder, the values it chose).
+    resolves: Resolver | None = None
 
 
 @dataclass
@@ -53,6 +63,10 @@ class PlannedStage:
     action: str  # "cached" | "run" | "skip"
     why: list[str] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
+    cfg: PipelineConfig | None = None  # the config the stage runs with (refined by `resolves` stages)
+    choices: dict[str, Any] = field(default_factory=dict)  # values taken from an upstream output (`after`)
+    choices_from: str = ""  # "<stage> <fingerprint>" that made the choices
+    forced: bool = False
 
 
 class PipelineError(RuntimeError):
@@ -97,9 +111,47 @@ def select(stages: list[Stage], names: list[str]) -> set[str]:
 def downstream(stages: list[Stage], roots: set[str]) -> set[str]:
     out = set(roots)
     for s in stages:  # stages are in topological order
-        if any(d in out for d in s.deps):
+        if any(d in out for d in (*s.deps, *s.after)):
             out.add(s.name)
     return out
+
+
+def _decide(s: Stage, cfg: PipelineConfig, upstream: dict[str, str], root: str, *, selected: bool,
+            forced: bool) -> PlannedStage:
+    """Fingerprint one stage (its upstream fingerprints known) and decide cached / run / skip, with reasons."""
+    inputs = stage_inputs(s.name, s.config(cfg), upstream, code_version(s.code))
+    fp = fingerprint(inputs)
+    out = artifact_dir(root, s.name, fp)
+    manifest = read_manifest(out)
+    if not selected:
+        action, why = "skip", ["not selected"]
+    elif forced:
+        action, why = "run", ["forced (--force)"]
+    elif manifest is not None:
+        action, why = "cached", [f"output {fp} exists"]
+    else:
+        action = "run"
+        why = explain((latest_manifest(root, s.name) or {}).get("inputs"), inputs)
+    return PlannedStage(s, fp, inputs, out, action, why, manifest, cfg=cfg, forced=forced)
+
+
+@dataclass
+class _Refined:
+    """The config as refined by the `resolves` stages whose outputs exist so far."""
+
+    cfg: PipelineConfig
+    choices: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def apply(self, p: PlannedStage) -> None:
+        assert p.stage.resolves is not None
+        self.cfg, chosen = p.stage.resolves(self.cfg, p.out)
+        self.choices.update(chosen)
+        self.source = f"{p.stage.name} {p.fingerprint}"
+
+    def attach(self, p: PlannedStage) -> None:
+        if p.stage.after:
+            p.choices, p.choices_from = dict(self.choices), self.source
 
 
 def make_plan(
@@ -114,29 +166,36 @@ def make_plan(
         wanted = downstream(stages, select(stages, from_))
     else:
         wanted = {s.name for s in stages}
+    refined = _Refined(cfg)
     fps: dict[str, str] = {}
+    waiting: set[str] = set()  # stages whose output (or fingerprint) is not known before they run
+    providers = {s.name for s in stages if s.resolves is not None}
     plan: list[PlannedStage] = []
     for s in stages:
-        inputs = stage_inputs(s.name, s.config(cfg), {d: fps[d] for d in s.deps}, code_version(s.code))
-        fp = fingerprint(inputs)
-        fps[s.name] = fp
-        out = artifact_dir(root, s.name, fp)
-        manifest = read_manifest(out)
-        if s.name not in wanted:
-            action, why = "skip", ["not selected"]
-        elif s.name in forced:
-            action, why = "run", ["forced (--force)"]
-        elif manifest is not None:
-            action, why = "cached", [f"output {fp} exists"]
+        blockers = [d for d in (*s.deps, *s.after) if d in waiting]
+        if blockers:
+            waiting.add(s.name)
+            fps[s.name] = PENDING
+            why = [f"config takes values from {b}'s output: fingerprint known once it has run" if b in providers
+                   else f"upstream {b} pending" for b in blockers]
+            p = PlannedStage(s, PENDING, {}, "", "run" if s.name in wanted else "skip",
+                             why if s.name in wanted else ["not selected"], forced=s.name in forced)
         else:
-            action = "run"
-            why = explain((latest_manifest(root, s.name) or {}).get("inputs"), inputs)
-        plan.append(PlannedStage(s, fp, inputs, out, action, why, manifest))
+            p = _decide(s, refined.cfg, {d: fps[d] for d in s.deps}, root, selected=s.name in wanted,
+                        forced=s.name in forced)
+            fps[s.name] = p.fingerprint
+            refined.attach(p)
+            if s.resolves is not None:
+                if p.manifest is not None and p.action != "run":
+                    refined.apply(p)
+                else:
+                    waiting.add(s.name)
+        plan.append(p)
     by_name = {p.stage.name: p for p in plan}
     for p in plan:
         if p.action == "skip":
             continue
-        for d in p.stage.deps:
+        for d in (*p.stage.deps, *p.stage.after):
             up = by_name[d]
             if up.action == "skip" and up.manifest is None:
                 raise PipelineError(
@@ -160,7 +219,8 @@ def _run_one(p: PlannedStage, cfg: PipelineConfig, root: str, outs: dict[str, st
                           source_run_id=p.manifest.get("mlflow_run_id"))
         else:
             target = tracker.target(run_id) if tracker else None
-            ctx = StageContext(cfg, p.stage, p.fingerprint, p.out, {d: outs[d] for d in p.stage.deps}, root, target)
+            ctx = StageContext(p.cfg or cfg, p.stage, p.fingerprint, p.out, {d: outs[d] for d in p.stage.deps}, root,
+                               target)
             metrics = p.stage.run(ctx) or {}
             result.update(status="ran", metrics=metrics)
             storage.write_json(storage.join(p.out, MANIFEST), {
@@ -179,30 +239,56 @@ def _run_one(p: PlannedStage, cfg: PipelineConfig, root: str, outs: dict[str, st
 def execute(
     cfg: PipelineConfig, plan: list[PlannedStage], root: str, tracker: Any = None, concurrency: int = 1,
 ) -> dict[str, dict[str, Any]]:
-    """Run a plan in dependency order; stages of one fan-out group run concurrently."""
+    """Run a plan in dependency order; stages of one fan-out group run concurrently. A pending stage is
+    fingerprinted (and may turn out cached) once the stages it waits for are done."""
     results: dict[str, dict[str, Any]] = {}
-    outs = {p.stage.name: p.out for p in plan}
+    names = {p.stage.name for p in plan}
+    refined = _Refined(cfg)
     pending = [p for p in plan if p.action != "skip"]
     for p in plan:
         if p.action == "skip":
             results[p.stage.name] = {"status": "skipped", "fingerprint": p.fingerprint, "duration_s": 0.0,
                                      "metrics": {}, "mlflow_run_id": None, "why": p.why}
+            if p.stage.resolves is not None and p.manifest is not None:
+                refined.apply(p)
+
+    def waits_for(p: PlannedStage) -> list[str]:
+        return [d for d in (*p.stage.deps, *p.stage.after) if d in names]
+
     while pending:
+        blocked = [None]
+        while blocked:  # a failure skips everything below it, however deep
+            blocked = [p for p in pending if any(results.get(d, {}).get("status") == "failed" or
+                                                 results.get(d, {}).get("blocked") for d in waits_for(p))]
+            for p in blocked:
+                results[p.stage.name] = {"status": "skipped", "fingerprint": p.fingerprint, "duration_s": 0.0,
+                                         "metrics": {}, "mlflow_run_id": None, "why": ["an upstream stage failed"],
+                                         "blocked": True}
+            pending = [p for p in pending if p not in blocked]
         ready = [p for p in pending if all(results.get(d, {}).get("status") in ("cached", "ran", "skipped")
-                                           for d in p.stage.deps if d in outs)]
-        blocked = [p for p in pending if any(results.get(d, {}).get("status") == "failed" for d in p.stage.deps)]
-        for p in blocked:
-            results[p.stage.name] = {"status": "skipped", "fingerprint": p.fingerprint, "duration_s": 0.0,
-                                     "metrics": {}, "mlflow_run_id": None, "why": ["an upstream stage failed"]}
-        pending = [p for p in pending if p not in blocked]
-        ready = [p for p in ready if p not in blocked]
+                                           for d in waits_for(p))]
         if not ready:
             break
         # One level at a time: a fan-out group (all evaluate jobs) shares the pool.
         group = ready[0].stage.group
         level = [p for p in ready if group and p.stage.group == group] or ready[:1]
+        for p in level:
+            if p.fingerprint == PENDING:
+                decided = _decide(p.stage, refined.cfg, {d: results[d]["fingerprint"] for d in p.stage.deps}, root,
+                                  selected=True, forced=p.forced)
+                refined.attach(decided)
+                for name in ("fingerprint", "inputs", "out", "action", "why", "manifest", "cfg", "choices",
+                             "choices_from"):
+                    setattr(p, name, getattr(decided, name))
+        outs = {q.stage.name: q.out for q in plan}
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(level)))) as pool:
-            for p, r in zip(level, pool.map(lambda q: _run_one(q, cfg, root, outs, tracker), level), strict=True):
+            runs = pool.map(lambda q, o=outs: _run_one(q, cfg, root, o, tracker), level)
+            for p, r in zip(level, runs, strict=True):
                 results[p.stage.name] = r
+                if p.stage.resolves is not None and r["status"] in ("cached", "ran"):
+                    try:
+                        refined.apply(p)
+                    except Exception as e:  # an unusable output: the stages waiting for it cannot run
+                        r.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         pending = [p for p in pending if p not in level]
     return results

@@ -1,7 +1,11 @@
 """The LLaVA-1.5 recipe as a DAG, top to bottom like the paper:
 
-  synth (embedded default only) → prepare → pretrain (connector, ZeRO-2) → finetune (connector + LLM, ZeRO-3)
-  → evaluate.<benchmark> (one job each, fan-out) → export (HF LlavaForConditionalGeneration + registry)
+  synth (embedded default only) → prepare → [sweep] → pretrain (connector, ZeRO-2) → finetune (connector + LLM,
+  ZeRO-3) → evaluate.<benchmark> (one job each, fan-out) → export (HF LlavaForConditionalGeneration + registry)
+
+`sweep` (when sweep.enabled) runs Ray Tune over connector × resolution on the prepared data; with
+`model.connector: auto` / `model.vision.image_size: auto`, pretrain and finetune wait for it and take its
+best values (the executor refines their config from best.json before fingerprinting them).
 
 Each stage declares the config it depends on, the code it runs and its upstream stages; the executor
 turns that into fingerprints and cache decisions. Stage bodies import their heavy libraries lazily, so
@@ -14,7 +18,7 @@ import tempfile
 from typing import Any
 
 from components.core import storage
-from components.core.config import PipelineConfig
+from components.core.config import PipelineConfig, model_for_prepare
 
 from .executor import Stage, StageContext
 
@@ -51,6 +55,35 @@ def run_prepare_stage(ctx: StageContext) -> dict[str, Any]:
         for key in ("total", "kept", "rejected", "truncated"):
             metrics[f"{name}_{key}"] = result[name][key]
     return metrics
+
+
+def run_sweep_stage(ctx: StageContext) -> dict[str, Any]:
+    from components.sweep.run import run_sweep
+
+    metrics = run_sweep(ctx.cfg, prepared=ctx.inputs["prepare"], eval_root=eval_root(ctx.cfg, ctx.inputs),
+                        out=ctx.out, storage_root=ctx.storage, fingerprint=ctx.fingerprint, mlflow=ctx.mlflow)
+    resolve_from_sweep(ctx.cfg, ctx.out)  # best.json must be usable by `auto` before the output is committed
+    return metrics
+
+
+def resolve_from_sweep(cfg: PipelineConfig, out: str) -> tuple[PipelineConfig, dict[str, Any]]:
+    """`auto` values filled from a sweep output's best.json (the executor calls this for later stages)."""
+    from components.sweep.space import resolve_auto
+
+    path = storage.join(out, "best.json")
+    return resolve_auto(cfg, storage.read_json(path)["best"], source=path)
+
+
+def _sweep_config(c: PipelineConfig) -> dict[str, Any]:
+    """What a sweep's result depends on: the searched dimensions' own settings are left out, so switching
+    model.connector between `auto` and a fixed value does not rerun the sweep."""
+    model = _dump(c.model)
+    if c.sweep.space.connector:
+        model.pop("connector")
+    if c.sweep.space.resolution:
+        model["vision"].pop("image_size")
+    return {"sweep": _dump(c.sweep), "model": model, "pretrain": _dump(c.pretrain), "finetune": _dump(c.finetune),
+            "evaluate": {"root": c.evaluate.root, "template": c.evaluate.template}}
 
 
 def _train(ctx: StageContext, stage: str) -> dict[str, Any]:
@@ -149,16 +182,24 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     stages.append(Stage(
         "prepare", ("synth",) if has_synth else (),
         lambda c: {"data": _dump(c.data), "prepare": _dump(c.prepare), "tokenizer": _dump(c.model.tokenizer),
-                   "vision": _dump(c.model.vision),
+                   "vision": _dump(model_for_prepare(c).vision),
                    "pretrain": {"template": c.pretrain.template, "max_length": c.pretrain.max_length},
                    "finetune": {"template": c.finetune.template, "max_length": c.finetune.max_length}},
         ("components/prepare", "components/models", *CORE), run_prepare_stage))
+    after: tuple[str, ...] = ()
+    if cfg.sweep.enabled:
+        stages.append(Stage("sweep", ("prepare", "synth") if has_synth else ("prepare",), _sweep_config,
+                            ("components/sweep", "components/train", "components/evaluate", "components/models", *CORE),
+                            run_sweep_stage, resolves=resolve_from_sweep))
+        from components.sweep.space import auto_keys
+
+        after = ("sweep",) if auto_keys(cfg) else ()
     stages.append(Stage("pretrain", ("prepare",),
                         lambda c: {"model": _dump(c.model), "pretrain": _dump(c.pretrain)},
-                        ("components/train", "components/models", *CORE), run_pretrain))
+                        ("components/train", "components/models", *CORE), run_pretrain, after=after))
     stages.append(Stage("finetune", ("prepare", "pretrain"),
                         lambda c: {"model": _dump(c.model), "finetune": _dump(c.finetune)},
-                        ("components/train", "components/models", *CORE), run_finetune))
+                        ("components/train", "components/models", *CORE), run_finetune, after=after))
     eval_names = []
     for bench in cfg.evaluate.benchmarks:
         name = f"evaluate.{bench}"

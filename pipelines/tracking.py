@@ -110,7 +110,16 @@ class PipelineTracker:
                 "cache": "hit" if p.action == "cached" else "miss", "why": "; ".join(p.why)[:5000]}
         if p.action == "cached" and p.manifest:
             tags["source_run_id"] = str(p.manifest.get("mlflow_run_id"))
-        return self.client.create_run(self.experiment_id, run_name=p.stage.name, tags=tags).info.run_id
+        choices = getattr(p, "choices", None) or {}
+        if choices:  # `auto` values this stage took from an upstream output (the sweep's best)
+            tags["auto_from"] = p.choices_from
+            tags.update({f"auto.{k}": str(v) for k, v in choices.items()})
+        run_id = self.client.create_run(self.experiment_id, run_name=p.stage.name, tags=tags).info.run_id
+        if choices:
+            from mlflow.entities import Param
+
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in choices.items()])
+        return run_id
 
     def end_stage(self, run_id: str, p: Any, result: dict[str, Any]) -> None:
         from mlflow.entities import Metric

@@ -1,0 +1,309 @@
+"""The sweep on Ray Tune: one function trainable per grid point, each driving Ray Train runs (Train V2 pattern).
+
+A trial trains a proxy pretrain, then the proxy finetune in `rungs` segments of one Ray Train run (same run
+name: each segment resumes from the previous one's checkpoint, the schedule spans the whole proxy), and after
+each segment evaluates the dev benchmark and reports to Tune (the evaluation runs in the trial process on CPU,
+where torch is loaded already, and on a one-GPU Ray Data actor when trials train on GPUs). ASHA decides at the
+rungs; the trial process is
+then blocked inside `tune.report` with no Train run alive, so a stopped trial leaves no Train controller or
+placement group behind. Every trial reads the one prepared dataset (image tokens are expanded per resolution
+at collate time), so nothing resolution-independent is recomputed.
+
+Each trial is a nested MLflow run under the sweep stage's run (params: connector, resolution; metrics per
+rung; cost). The stage writes best.json, ablation.csv / ablation.md and heatmap.png, also logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.core import storage
+from components.core.config import PipelineConfig
+from components.tracking import MlflowTarget
+
+from .report import best_json, heatmap_png, table_rows, to_csv, to_markdown
+from .space import TrialPoint, grid, point_for, rung_steps, trial_config
+
+LOSS_METRICS = ("train_loss", "pretrain_loss")
+REPORTED = ("rung", "wall_s", "train_s", "eval_s", "pretrain_steps", "finetune_steps", *LOSS_METRICS)
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """What every trial needs (shipped to the trial processes)."""
+
+    cfg: PipelineConfig
+    prepared: str  # the prepare stage's output: tokenizer + shards, shared by every trial
+    eval_root: str  # folder with the dev benchmark's folder (local or s3://)
+    out: str  # the sweep stage's output folder
+    train_storage: str  # Ray Train run storage
+    run_prefix: str  # unique per sweep attempt; trial runs are named from it
+    metric: str
+    mlflow: MlflowTarget | None  # the sweep stage's run: trials nest under it
+
+
+def dev_benchmark(cfg: PipelineConfig) -> Any:
+    """The registry entry of sweep.dev.benchmark, checked to be usable for a sweep."""
+    from components.evaluate.benchmarks import UnknownBenchmark, get_benchmark
+
+    try:
+        bench = get_benchmark(cfg.sweep.dev.benchmark)
+    except UnknownBenchmark as e:
+        raise ValueError(f"sweep.dev.benchmark: {e}") from None
+    if bench.needs_judge:
+        raise ValueError(f"sweep.dev.benchmark: {bench.name} is scored by a GPT judge; pick an exactly scored "
+                         "benchmark (gqa, pope, ...)")
+    return bench
+
+
+def sweep_metric(cfg: PipelineConfig, bench: Any) -> str:
+    metric = cfg.sweep.metric or bench.metric
+    allowed = (bench.metric, *LOSS_METRICS)
+    if metric not in allowed:
+        raise ValueError(f"sweep.metric: {metric!r} is not reported by the trials; choose one of {list(allowed)}")
+    return metric
+
+
+def _local_eval_root(root: str, folder: str, tmp: str) -> str:
+    """An eval root the benchmark readers (local files only) can open; s3:// folders are copied once."""
+    if not storage.is_remote(root):
+        return root
+    from components.models.remote import localize
+
+    link = Path(tmp) / "eval_root" / folder
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(localize(storage.join(root, folder)), target_is_directory=True)
+    return str(link.parent)
+
+
+def _trial_run(job: SweepJob, point: TrialPoint, trial_id: str) -> MlflowTarget | None:
+    """The trial's nested MLflow run (under the sweep stage's run), with the point as params."""
+    if job.mlflow is None:
+        return None
+    client = job.mlflow.client()
+    parent = client.get_run(job.mlflow.run_id)
+    run = client.create_run(parent.info.experiment_id, run_name=f"trial {point.key}", tags={
+        "mlflow.parentRunId": job.mlflow.run_id, "stage": "sweep.trial", "trial_id": trial_id,
+        "sweep_attempt": job.run_prefix, "sweep_point": point.key})
+    res = point.resolution
+    for key, value in {"connector": point.connector, "resolution": point.resolution_label,
+                       "image_size": res.image_size if res else "model",
+                       "vision": (res.name_or_path if res and res.name_or_path else "model")}.items():
+        client.log_param(run.info.run_id, key, str(value))
+    return MlflowTarget(job.mlflow.tracking_uri, run.info.run_id)
+
+
+def _trial(config: dict[str, Any], job: SweepJob) -> None:
+    """Tune function trainable: proxy pretrain, then finetune segments each followed by a dev evaluation."""
+    from ray import tune
+
+    from components.evaluate.stage import run_benchmark
+    from components.train.run import run_training, stage_steps
+
+    cfg, sweep = job.cfg, job.cfg.sweep
+    point = point_for(cfg, config["connector"], config["image_size"])
+    tcfg = trial_config(cfg, point)
+    bench = dev_benchmark(cfg)
+    trial_id = tune.get_context().get_trial_id()
+    target = _trial_run(job, point, trial_id)
+    folder = storage.join(job.out, "trials", point.key)
+    name = f"{job.run_prefix}-{point.key}"
+    started = time.time()
+    train_s = eval_s = 0.0
+
+    t0 = time.time()
+    pre = run_training(tcfg, "pretrain", prepared=job.prepared, out=storage.join(folder, "pretrain"),
+                       run_name=f"{name}-pretrain", storage_path=job.train_storage, mlflow=target)
+    train_s += time.time() - t0
+    connector = storage.join(folder, "pretrain", "connector.safetensors")
+    stops = rung_steps(stage_steps(tcfg, "finetune", job.prepared), sweep.rungs)
+    fin: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="llava-sweep-") as tmp:
+        eval_root = _local_eval_root(job.eval_root, bench.folder, tmp)
+        for rung, stop in enumerate(stops, 1):
+            seg = storage.join(folder, f"rung{rung}")
+            t0 = time.time()
+            fin = run_training(tcfg, "finetune", prepared=job.prepared, out=storage.join(seg, "finetune"),
+                               run_name=f"{name}-finetune", storage_path=job.train_storage, init_connector=connector,
+                               mlflow=target, stop_at_step=stop)
+            train_s += time.time() - t0
+            t0 = time.time()
+            with storage.staged_dir(storage.join(seg, "eval")) as eval_out:
+                result = run_benchmark(
+                    bench.name, model_dir=storage.join(seg, "finetune", "model"), eval_root=eval_root,
+                    out_dir=eval_out, template=cfg.evaluate.template, batch_size=sweep.dev.batch_size,
+                    num_actors=1, use_gpu=tcfg.finetune.use_gpu, limit=sweep.dev.limit,
+                    cpus_per_actor=max(1.0, sweep.resources.driver_cpus), in_process=not tcfg.finetune.use_gpu)
+            eval_s += time.time() - t0
+            _remove(storage.join(seg, "finetune", "model"))  # evaluated; only the summary and answers are kept
+            value = result.get("value")
+            metrics = {
+                bench.metric: float(value) if value is not None else math.nan, "rung": rung,
+                "train_loss": fin.get("final_loss_mean"), "pretrain_loss": pre.get("final_loss_mean"),
+                "pretrain_steps": pre["steps"], "finetune_steps": fin["steps"],
+                "wall_s": time.time() - started, "train_s": train_s, "eval_s": eval_s,
+            }
+            if target is not None:
+                target.log_metrics({f"sweep/{k}": v for k, v in metrics.items() if k != "rung"}, step=rung)
+            print(f"[sweep] {point.key} rung {rung}/{len(stops)}: {bench.metric} {value} after {fin['steps']} "
+                  f"finetune steps, {metrics['wall_s']:.0f} s", flush=True)
+            # Nothing that must happen may follow a report: ASHA may stop the trial here (its process is killed
+            # while blocked in report, with no Train run alive), and a trial's last rung ends the same way.
+            tune.report({**metrics, "mlflow_run_id": target.run_id if target else ""})
+
+
+def _remove(path: str) -> None:
+    """Best effort: delete a folder (local or remote) that is no longer needed."""
+    fs, inner = storage.filesystem(path)
+    try:
+        if fs.exists(inner):
+            fs.rm(inner, recursive=True)
+    except OSError as e:
+        print(f"[sweep] could not remove {path}: {e}", flush=True)
+
+
+def _records(results: Any, cfg: PipelineConfig, metrics: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One record per grid point (grid order), from Tune's results: every reported rung, status, error."""
+    by_point: dict[tuple[str, int | None], Any] = {}
+    for r in results:
+        by_point[(r.config["connector"], r.config["image_size"])] = r
+    keep = tuple(dict.fromkeys((*metrics, *REPORTED)))
+    records = []
+    for point in grid(cfg):
+        r = by_point.get((point.connector, point.image_size))
+        rungs: list[dict[str, Any]] = []
+        run_id, trial_id, error = None, None, None
+        if r is not None:
+            frame = r.metrics_dataframe
+            for row in ([] if frame is None else frame.to_dict("records")):
+                rungs.append({k: _plain(row.get(k)) for k in keep})
+                run_id = row.get("mlflow_run_id") or run_id
+            trial_id = (r.metrics or {}).get("trial_id") or Path(str(r.path)).name
+            error = f"{type(r.error).__name__}: {r.error}" if r.error else None
+        else:
+            error = "Tune returned no result for this point"
+        status = "error" if error else ("completed" if len(rungs) >= cfg.sweep.rungs else "stopped")
+        records.append({**point.as_dict(), "key": point.key, "trial_id": trial_id, "status": status,
+                        "rungs": rungs, "error": error, "mlflow_run_id": run_id or None})
+    return records
+
+
+def _plain(x: Any) -> Any:
+    """numpy scalars and NaN to JSON-friendly values."""
+    if hasattr(x, "item"):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _close_trial_runs(job: SweepJob, records: list[dict[str, Any]]) -> None:
+    """Tune kills a trial's process at its last report (or it failed), so the driver finishes each trial's
+    MLflow run: status, ASHA decision, cost. Runs are found by their tags, also for trials that never reported."""
+    if job.mlflow is None:
+        return
+    from mlflow.exceptions import MlflowException
+
+    client = job.mlflow.client()
+    parent = client.get_run(job.mlflow.run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{job.mlflow.run_id}' and "
+                              f"tags.sweep_attempt = '{job.run_prefix}'", max_results=1000)
+    by_point = {r.data.tags.get("sweep_point"): r.info.run_id for r in runs}
+    for t in records:
+        t["mlflow_run_id"] = by_point.get(t["key"], t["mlflow_run_id"])
+        if not t["mlflow_run_id"]:
+            continue
+        last = t["rungs"][-1] if t["rungs"] else {}
+        try:
+            client.set_tag(t["mlflow_run_id"], "status", t["status"])
+            client.set_tag(t["mlflow_run_id"], "asha", "stopped_early" if t["status"] == "stopped" else "kept")
+            if t["error"]:
+                client.set_tag(t["mlflow_run_id"], "error", t["error"][:5000])
+            target = MlflowTarget(job.mlflow.tracking_uri, t["mlflow_run_id"])
+            target.log_metrics({f"cost/{k}": last.get(k) for k in ("wall_s", "pretrain_steps", "finetune_steps")
+                                if last.get(k) is not None} | {"rungs_done": len(t["rungs"])})
+            client.set_terminated(t["mlflow_run_id"], "FAILED" if t["error"] else "FINISHED")
+        except MlflowException as e:
+            print(f"[sweep] could not finish MLflow run of {t['key']}: {e}", flush=True)
+
+
+def run_sweep(cfg: PipelineConfig, *, prepared: str, eval_root: str, out: str, storage_root: str, fingerprint: str,
+              mlflow: MlflowTarget | None = None) -> dict[str, Any]:
+    """Run the sweep and write its outputs to `out`; returns the stage metrics."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    sweep = cfg.sweep
+    bench = dev_benchmark(cfg)
+    metric = sweep_metric(cfg, bench)
+    points = grid(cfg)
+    for point in points:  # every trial config is valid before any trial starts
+        trial_config(cfg, point)
+    attempt = time.strftime("%Y%m%d-%H%M%S")
+    job = SweepJob(cfg=cfg, prepared=prepared, eval_root=eval_root, out=out,
+                   train_storage=storage.join(storage_root, "ray_train"), run_prefix=f"sweep-{fingerprint}-{attempt}",
+                   metric=metric, mlflow=mlflow)
+    tune_storage = storage.join(storage_root, "ray_tune")
+    fs, inner = storage.pyarrow_filesystem(tune_storage) if storage.is_remote(tune_storage) else (
+        None, os.path.abspath(tune_storage))
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=sweep.rungs,
+                               grace_period=sweep.asha.grace_period, reduction_factor=sweep.asha.reduction_factor)
+                 if sweep.asha.enabled else FIFOScheduler())
+    connectors = list(dict.fromkeys(p.connector for p in points))
+    sizes = list(dict.fromkeys(p.image_size for p in points))
+    trainable = tune.with_resources(tune.with_parameters(_trial, job=job), {"cpu": sweep.resources.driver_cpus})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"connector": tune.grid_search(connectors), "image_size": tune.grid_search(sizes)},
+        tune_config=tune.TuneConfig(metric=metric, mode=sweep.mode, scheduler=scheduler, num_samples=1,
+                                    max_concurrent_trials=sweep.max_concurrent_trials,
+                                    trial_dirname_creator=lambda t: f"{t.config['connector']}-{t.config['image_size']}"),
+        run_config=tune.RunConfig(name=job.run_prefix, storage_path=inner, storage_filesystem=fs, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    started = time.time()
+    results = tuner.fit()
+    wall = time.time() - started
+    records = _records(results, cfg, (metric, bench.metric))
+    _close_trial_runs(job, records)
+    for point in points:  # the proxy runs' checkpoints served the rung segments only
+        for stage in ("pretrain", "finetune"):
+            _remove(storage.join(job.train_storage, f"{job.run_prefix}-{point.key}-{stage}"))
+    experiment = storage.join(tune_storage, job.run_prefix)
+    summary = best_json(records, metric, sweep.mode, sweep.rungs,
+                        {"wall_s": wall, "tune_experiment": experiment, "dev": sweep.dev.model_dump(mode="json"),
+                         "asha": sweep.asha.model_dump(mode="json")})
+    files = {
+        "best.json": json.dumps(summary, indent=2, sort_keys=True, default=str).encode(),
+        "ablation.csv": to_csv(table_rows(records, metric)).encode(),
+        "ablation.md": to_markdown(records, metric, sweep.mode, next(t for t in records if t["key"] ==
+                                                                        summary["best"]["key"]), sweep.rungs).encode(),
+        "heatmap.png": heatmap_png(records, metric, sweep.mode, sweep.rungs),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
+        if mlflow is not None:
+            client = mlflow.client()
+            client.log_artifacts(mlflow.run_id, tmp, "sweep")
+            best = summary["best"]
+            params = {"best.connector": best["connector"], "best.resolution": best["label"],
+                      "sweep.metric": metric, "sweep.mode": sweep.mode}
+            for k, v in params.items():
+                client.log_param(mlflow.run_id, k, str(v))
+        # best.json goes last: readers take its presence as a complete output
+        for name in [n for n in files if n != "best.json"] + ["best.json"]:
+            storage.write_bytes(storage.join(out, name), files[name])
+    counts = summary["counts"]
+    best = summary["best"]
+    return {"trials": counts["trials"], "completed": counts["completed"], "stopped_early": counts["stopped_early"],
+            "errors": counts["errors"], "best_connector": best["connector"], "best_resolution": best["label"],
+            f"best_{metric}": best["value"], "sweep_wall_s": round(wall, 1)}

@@ -190,6 +190,9 @@ def generate_with_ray(
             "delay_first_batch_s": delay_first_batch_s,
         },
     )
+    # Completion order (callers re-sort): an order-preserving setting left in this process's DataContext
+    # (prepare sets one) would make the pool hand back batches one actor at a time.
+    ds.context.execution_options.preserve_order = False
     results: dict[tuple[str, str], dict[str, Any]] = {}
     arrival: list[tuple[str, str]] = []
     errors: dict[str, None] = {}

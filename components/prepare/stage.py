@@ -95,7 +95,21 @@ def prepare_dataset(
     import ray
 
     ctx = ray.data.DataContext.get_current()
+    previous = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True  # same input → same shards
+    try:
+        return _run_prepare(sources, out, settings, tokenizer_dir, num_actors, cpus_per_actor, batch_size,
+                            rows_per_shard)
+    finally:
+        ctx.execution_options.preserve_order = previous  # the caller's process keeps its own setting
+
+
+def _run_prepare(
+    sources: list[DataSource], out: str, settings: PrepareSettings, tokenizer_dir: str, num_actors: int,
+    cpus_per_actor: float, batch_size: int, rows_per_shard: int,
+) -> dict[str, Any]:
+    import ray
+
     infos = source_infos(sources)
     files = ray.data.from_items([{"file": f} for f in infos], override_num_blocks=len(infos))
     # An annotation file reads as one block, and an actor takes whole blocks: cut it into batch-sized

@@ -183,7 +183,11 @@ def best_json(trials: list[dict[str, Any]], metric: str, mode: str, rungs: int,
               extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """What `auto` reads: the best values, its metric, and every trial with its rungs."""
     best = select_best(trials, metric, mode)
+    value = last_value(best, metric)
+    tied = [t["key"] for t in trials if len(t.get("rungs") or []) == len(best["rungs"])
+            and last_value(t, metric) == value]
     return {
+        "tied_with_best": tied,  # more than one: the metric did not separate them; cost (then grid order) did
         "best": {"connector": best["connector"], "resolution": best["resolution"], "label": best["label"],
                  "key": best["key"], "trial_id": best.get("trial_id"), "value": last_value(best, metric),
                  "rungs": len(best["rungs"]), "mlflow_run_id": best.get("mlflow_run_id")},

@@ -52,6 +52,7 @@ def test_best_json_has_the_values_auto_reads_and_every_trial():
     assert out["best"]["value"] == 44.0 and out["best"]["rungs"] == 3 and out["best"]["label"] == "84px"
     assert out["counts"] == {"trials": 6, "completed": 3, "stopped_early": 2, "errors": 1}
     assert len(out["trials"]) == 6 and out["wall_s"] == 12.5 and out["metric"] == "accuracy"
+    assert out["tied_with_best"] == ["mlp2x_gelu-56px", "mlp2x_gelu-84px"]
 
 
 def test_ablation_table_rows_and_csv():

@@ -94,7 +94,8 @@ def _train(ctx: StageContext, stage: str) -> dict[str, Any]:
         ctx.cfg, stage, prepared=ctx.inputs["prepare"], out=ctx.out, run_name=f"{stage}-{ctx.fingerprint}",
         storage_path=storage.join(ctx.storage, "ray_train"), init_connector=init, mlflow=ctx.mlflow,
     )
-    keys = ("steps", "samples", "tokens", "initial_loss", "final_loss", "wall_s", "resumed_from_step")
+    keys = ("steps", "samples", "tokens", "initial_loss", "final_loss", "wall_s", "resumed_from_step",
+            "world_size", "threads_per_worker")
     return {k: summary[k] for k in keys if k in summary and summary[k] is not None}
 
 

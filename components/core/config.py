@@ -148,6 +148,9 @@ class TrainStageConfig(Strict):
     num_workers: int = Field(1, gt=0)  # data-parallel world size
     use_gpu: bool = True
     cpus_per_worker: float = 1.0
+    # Intra-op CPU threads per worker (torch.set_num_threads). Default: Ray's, one per reserved CPU. More than
+    # reserved lets a CPU-only run use the cores Ray Data's light streaming map leaves idle most of the time.
+    threads_per_worker: int | None = Field(None, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = None  # cap on optimizer steps (proxy runs, tests)
     max_length: int = Field(2048, gt=0)

@@ -29,7 +29,7 @@ class BenchSpec:
 
 BENCHMARKS: dict[str, BenchSpec] = {
     "vqav2": BenchSpec("vqav2", 100, lambda b, _: build_vqav2(b)),
-    "gqa": BenchSpec("gqa", 100, lambda b, _: build_gqa(b)),
+    "gqa": BenchSpec("gqa", 200, lambda b, _: build_gqa(b)),
     "vizwiz": BenchSpec("vizwiz", 80, lambda b, _: build_vizwiz(b)),
     "textvqa": BenchSpec("textvqa", 80, lambda b, _: build_textvqa(b)),
     "pope": BenchSpec("pope", 120, build_pope),

@@ -70,6 +70,16 @@ def color_at(scene: Scene, rng: Random) -> QA:
     )
 
 
+def color_single(scene: Scene, rng: Random) -> QA | None:
+    """'What color is the shape?' about a one-shape scene: the colour is in every patch the shape covers,
+    so even a tiny model learns it within minutes (shared/reference/tiny-world.md)."""
+    if len(scene.shapes) != 1:
+        return None
+    s = scene.shapes[0]
+    q = rng.choice(("What color is the shape?", "What is the color of the shape?", "Which color is the shape?"))
+    return QA("color_single", q, s.color, f"The shape is {s.color}.", tuple(COLORS))
+
+
 def _unique_kind(scene: Scene) -> list[Shape]:
     kinds = [s.kind for s in scene.shapes]
     return [s for s in scene.shapes if kinds.count(s.kind) == 1]
@@ -249,6 +259,7 @@ OpenGenerator = Callable[[Scene, Random], "QA | None"]
 YesNoGenerator = Callable[[Scene, Random, bool], QA]
 
 OPEN: dict[str, OpenGenerator] = {
+    "color_single": color_single,
     "color_at": color_at,
     "color_of_kind": color_of_kind,
     "position_of": position_of,
@@ -270,6 +281,8 @@ YES_NO_KINDS: dict[str, YesNoGenerator] = {
 
 def supports(kind: str, scene: Scene) -> bool:
     """Whether a question of `kind` can be asked about `scene` with a unique answer."""
+    if kind == "color_single":
+        return len(scene.shapes) == 1
     if kind == "color_of_kind":
         return bool(_unique_kind(scene))
     if kind == "relation_color":

@@ -101,6 +101,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         raise ValueError(f"{name}: global_batch {stage.global_batch} is not per_device_batch {batch} × gradient "
                          f"accumulation × {world} workers; change per_device_batch or num_workers")
     attempt_start = time.time()
+    if stage.threads_per_worker:
+        torch.set_num_threads(stage.threads_per_worker)
     torch.manual_seed(stage.seed + rank)  # dropout differs per rank; weights come from cfg.seed below
 
     # ---- model: identical on every rank (same seed), frozen parts per stage
@@ -243,6 +245,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "restarts": history["restarts"], "trainable": counts, "frozen_sha256": frozen,
         "init_connector": job.init_connector, "lora": stage.lora is not None,
         "zero_stage": engine.zero_optimization_stage(), "precision": stage.precision,
+        "world_size": world, "threads_per_worker": torch.get_num_threads(),
     }
     write_summary(summary, job.out)
     return summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,15 +25,16 @@ from pipelines.run_cmd import run_pipeline
 pytestmark = pytest.mark.e2e
 
 BENCHMARKS = "[gqa,pope,llava_bench]"
-# The tiny config with short training and 8 questions per benchmark: these tests check the DAG's
-# behaviour (cache, reruns, lineage, resume), not model quality, and must stay fast.
-SMALL = ["pretrain.max_steps=4", "finetune.max_steps=6", "evaluate.limit=8", "evaluate.parity_sample=4",
-         "export.parity_sample=2"]
+# The shared run is the embedded default's training, unshortened: it is also the proof that the tiny model
+# learns (GQA-style learning check >= 70, blank images <= 35). Only the benchmark list is cut.
+SHARED = ["evaluate.parity_sample=4", "export.parity_sample=2"]
+# Reruns that only check which stages run use a few steps.
+SHORT_FINETUNE = "finetune.max_steps=6"
 
 
 def run_json(storage: Path, *extra: str) -> tuple[int, dict]:
     """`llava-pipeline run --json` in-process (shares the session's Ray); returns (exit code, JSON)."""
-    overrides = [f"storage={storage}", f"evaluate.benchmarks={BENCHMARKS}", *SMALL, *extra]
+    overrides = [f"storage={storage}", f"evaluate.benchmarks={BENCHMARKS}", *SHARED, *extra]
     cfg = load_config("tiny", overrides)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -63,10 +65,15 @@ def test_first_run_runs_every_stage(tiny_run):
 def test_stage_metrics_reach_the_result(tiny_run):
     _, out = tiny_run
     gqa = out["stages"]["evaluate.gqa"]["metrics"]
-    assert 0.0 <= gqa["accuracy"] <= 100.0 and "blank_images_accuracy" in gqa
+    print(f"learning check: gqa {gqa['accuracy']} blank images {gqa['blank_images_accuracy']}")
+    # The tiny model learns: it reads the image (chance <= 25) and needs it (blank images near chance).
+    assert gqa["accuracy"] >= 70.0 and gqa["blank_images_accuracy"] <= 35.0, gqa
     assert gqa["parity_mismatches"] == 0  # batched answers equal batch-1 answers
     train = out["stages"]["finetune"]["metrics"]
-    assert train["steps"] == 6 and train["final_loss"] < train["initial_loss"]
+    steps = load_config("tiny").finetune
+    assert train["steps"] == math.ceil(6000 * steps.epochs / steps.global_batch)
+    assert train["final_loss"] < train["initial_loss"] - 4.0
+    assert train["world_size"] == 1 and train["threads_per_worker"] == 2
     assert out["stages"]["evaluate.llava_bench"]["metrics"]["status"] == "skipped"  # no judge configured
     assert out["stages"]["export"]["metrics"]["parity_ok"]
 
@@ -87,14 +94,15 @@ def test_mlflow_run_tree(tiny_run, mlflow_server):
         assert r.data.tags["cache"] == "miss" and r.data.tags["status"] == "ran"
         assert r.info.run_id == out["stages"][name]["mlflow_run_id"]
     ft = by_stage["finetune"]
-    assert len(client.get_metric_history(ft.info.run_id, "finetune/loss")) == 6  # per-step training metrics
+    steps = out["stages"]["finetune"]["metrics"]["steps"]
+    assert len(client.get_metric_history(ft.info.run_id, "finetune/loss")) == steps  # per-step training metrics
     assert by_stage["evaluate.gqa"].data.metrics["accuracy"] == out["stages"]["evaluate.gqa"]["metrics"]["accuracy"]
     top = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config", "dag.png", "stages.json"} <= top
     cfg_files = {a.path for a in client.list_artifacts(parent.info.run_id, "config")}
     assert "config/config.yaml" in cfg_files
     ds_files = {a.path for a in client.list_artifacts(parent.info.run_id, "config/deepspeed")}
-    assert {"config/deepspeed/zero2.json", "config/deepspeed/zero3.json"} <= ds_files
+    assert "config/deepspeed/zero2.json" in ds_files
     assert client.list_artifacts(by_stage["evaluate.gqa"].info.run_id)
 
 
@@ -116,7 +124,7 @@ def test_cached_rerun_executes_nothing(tiny_run, mlflow_server):
 
 def test_config_change_reruns_downstream_only(tiny_run):
     storage, _ = tiny_run
-    rc, out = run_json(storage, "finetune.optim.lr=1.0e-3")
+    rc, out = run_json(storage, "finetune.optim.lr=1.0e-3", SHORT_FINETUNE)
     assert rc == 0
     status = {k: v["status"] for k, v in out["stages"].items()}
     assert status["synth"] == status["prepare"] == status["pretrain"] == "cached"
@@ -126,7 +134,7 @@ def test_config_change_reruns_downstream_only(tiny_run):
 
 def test_force_plans_stage_and_downstream(tiny_run, capsys):
     storage, _ = tiny_run
-    sets = [x for o in [f"storage={storage}", f"evaluate.benchmarks={BENCHMARKS}", *SMALL] for x in ("--set", o)]
+    sets = [x for o in [f"storage={storage}", f"evaluate.benchmarks={BENCHMARKS}", *SHARED] for x in ("--set", o)]
     assert main(["plan", *sets, "--force", "pretrain", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)["stages"]
     assert plan["synth"]["action"] == plan["prepare"]["action"] == "cached"

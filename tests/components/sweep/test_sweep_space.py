@@ -78,9 +78,9 @@ def test_trial_config_applies_point_proxy_budget_and_resources():
                                      "sweep.proxy.finetune_steps=12", "sweep.proxy.data_fraction=0.5"])
     t = trial_config(cfg, point_for(cfg, "linear", 84))
     assert t.model.connector == "linear" and t.model.vision.image_size == 84
-    assert t.pretrain.epochs == 0.5 and t.finetune.epochs == 1.5  # tiny: 1 and 3 epochs
+    assert t.pretrain.epochs == 0.5 and t.finetune.epochs == 0.8  # tiny: 1 and 1.6 epochs
     assert t.pretrain.max_steps == 5 and t.finetune.max_steps == 12  # the smaller cap wins
-    assert t.finetune.num_workers == 1 and t.finetune.cpus_per_worker == 1.0 and t.finetune.gradient_accumulation == 2
+    assert t.finetune.num_workers == 1 and t.finetune.cpus_per_worker == 1.0 and t.finetune.gradient_accumulation == 1
     assert t.finetune.checkpoint_every == 0 and not t.sweep.enabled
     assert auto_keys(t) == []
 

@@ -32,6 +32,9 @@ def _named(pattern: str, text: str) -> str:
 
 def _truth(scene: Scene, kind: str, q: str) -> str:
     """The answer recomputed from the scene and the question text alone."""
+    if kind == "color_single":
+        (shape,) = scene.shapes
+        return shape.color
     if kind == "color_at":
         return scene.at(_named(rf"({_POSITION})", q)).color
     if kind == "position_of":

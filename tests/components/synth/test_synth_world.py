@@ -98,9 +98,9 @@ def test_manifest_states_seed_size_facts_and_eval_entry_points(world):
         assert (world.root / entry["questions"]).is_file(), name
         assert all((world.root / a).exists() for a in entry["annotations"]), name
         assert entry["images"] is None or (world.root / entry["images"]).is_dir(), name
-        assert 60 <= entry["n_questions"] <= 125, (name, entry["n_questions"])
+        assert 60 <= entry["n_questions"] <= 250, (name, entry["n_questions"])
     counts = m["counts"]
-    assert counts["pretrain_captions"] == 1500 and counts["finetune_samples"] == 2500
+    assert counts["pretrain_captions"] == 1500 and counts["finetune_samples"] == 6000
 
 
 def test_pretrain_captions_follow_the_lcs558k_shape(world):
@@ -123,7 +123,7 @@ def test_pretrain_captions_follow_the_lcs558k_shape(world):
 
 def test_finetune_mix_follows_the_mix665k_formats(world):
     records = world.json(world.root / "finetune/mix.json")
-    assert len(records) == 2500 and len({r["id"] for r in records}) == 2500
+    assert len(records) == 6000 and len({r["id"] for r in records}) == 6000
     text_only = [r for r in records if "image" not in r]
     assert 0.04 <= len(text_only) / len(records) <= 0.06
     styles = Counter()

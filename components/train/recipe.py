@@ -245,7 +245,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "restarts": history["restarts"], "trainable": counts, "frozen_sha256": frozen,
         "init_connector": job.init_connector, "lora": stage.lora is not None,
         "zero_stage": engine.zero_optimization_stage(), "precision": stage.precision,
-        "world_size": world, "threads_per_worker": torch.get_num_threads(),
+        "threads_per_worker": torch.get_num_threads(),
     }
     write_summary(summary, job.out)
     return summary

@@ -74,7 +74,8 @@ def run_pipeline(
             print(format_plan(plan))
         return 0
     print(format_plan(plan), file=sys.stderr if as_json else sys.stdout, flush=True)
-    init_ray()
+    if any(p.action == "run" for p in plan):
+        init_ray()  # an all-cached rerun needs no Ray: it only reads manifests and logs to MLflow
     from .diagram import dag_png
     from .tracking import PipelineTracker
 

@@ -11,7 +11,9 @@ from components.train.run import total_steps
 
 
 def test_deepspeed_auto_fields_come_from_the_stage():
-    cfg = load_config("tiny", ["finetune.precision=bf16", "finetune.optim.max_grad_norm=1.0"])
+    cfg = load_config("tiny", ["finetune.precision=bf16", "finetune.optim.max_grad_norm=1.0",
+                               "finetune.deepspeed=deepspeed/zero3.json", "finetune.num_workers=2",
+                               "finetune.global_batch=32"])
     ds = deepspeed_config(cfg.finetune, world=2, hidden_size=128)
     assert ds["train_micro_batch_size_per_gpu"] == 16
     assert ds["gradient_accumulation_steps"] == 1

@@ -123,6 +123,22 @@ def decode_image(
     shortest side is still >= draft_size. `apply_exif` rotates by the EXIF orientation tag. The first
     frame of an animation is taken. Raises `ImageError` for every bad input.
     """
+    return _load(_open_checked(data, source, max_pixels), source, draft_size, apply_exif)
+
+
+def check_image_bytes(
+    data: bytes, *, source: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int = 64
+) -> tuple[int, int]:
+    """(width, height) as `decode_image` would return them at full scale (EXIF-rotated), after decoding
+    the image at a small draft scale: a JPEG's whole stream is still read, so bad data is caught, but most
+    of the IDCT work is skipped. Raises `ImageError` for every bad input."""
+    img = _open_checked(data, source, max_pixels)
+    size = _oriented_size(img, source)
+    _load(img, source, draft_size, apply_exif=False)
+    return size
+
+
+def _open_checked(data: bytes, source: str, max_pixels: int) -> Image.Image:
     img = _open(data, source)
     w, h = img.size
     if w * h > max_pixels:
@@ -131,6 +147,10 @@ def decode_image(
             f"{source}: image is {w}×{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
             "(possible decompression bomb)",
         )
+    return img
+
+
+def _load(img: Image.Image, source: str, draft_size: int | None, apply_exif: bool) -> Image.Image:
     if draft_size is not None:
         if draft_size <= 0:
             raise ValueError(f"draft_size must be positive, got {draft_size}")

@@ -45,6 +45,9 @@ def pyarrow_filesystem(path: str) -> tuple[Any, str]:
 
 
 def read_bytes(path: str) -> bytes:
+    if "://" not in path:  # a plain local path: skip fsspec's URL parsing, a third of a small read's cost
+        with open(path, "rb") as f:
+            return f.read()
     fs, inner = filesystem(path)
     with fs.open(inner, "rb") as f:
         return f.read()

@@ -4,11 +4,12 @@ OURS: the `prepare` Ray Data pipeline (validate, tokenize in batches, check that
 shards) followed by the streaming pixel map the training stages run over those shards, consumed to the end.
 REFERENCE: what LLaVA's LazySupervisedDataset does per item in one process — PIL open, convert("RGB"),
 expand2square with the CLIP mean colour, transformers' PIL CLIPImageProcessor, and preprocess_v1's
-tokenization with the slow SentencePiece tokenizer (the whole prompt, then every round and every
+tokenization with transformers' slow SentencePiece tokenizer (the whole prompt, then every round and every
 instruction part again for the masking lengths).
 
 Both figures are samples/s per CPU core: ours divides by the CPUs Ray used, the reference ran on one. Wall
 time is at the mercy of other load on the machine, so samples per CPU-second actually used are reported too.
+A third row runs our same per-sample functions in one process without Ray: the ceiling our code allows.
 
     python -m pipelines.cli bench preprocess --n 2000     # or bench_preprocess(2000)
 """
@@ -139,24 +140,19 @@ def _expand2square(img: Image.Image, background: tuple[int, int, int]) -> Image.
     return out
 
 
-class _SlowTokenizer:
-    """What transformers' slow LlamaTokenizer does for LLaVA: special tokens split out, SentencePiece on
-    each piece of text, BOS in front."""
+class SlowTokenizer:
+    """transformers' slow (Python, SentencePiece) tokenizer as LLaVA's LlamaTokenizer(use_fast=False) uses
+    it: special tokens split out by the added-token trie, SentencePiece on the text between, BOS in front."""
 
     def __init__(self, model_file: str) -> None:
-        import sentencepiece as spm
+        from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
-        self.sp = spm.SentencePieceProcessor(model_file=model_file)
-        self.bos, self.eos = self.sp.bos_id(), self.sp.eos_id()
+        self.tok = SentencePieceBackend(vocab_file=model_file, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>")
+        self.bos = self.tok.bos_token_id
 
     def __call__(self, text: str) -> list[int]:
-        ids = [self.bos]
-        for i, chunk in enumerate(text.split("</s>")):
-            if i:
-                ids.append(self.eos)
-            if chunk:
-                ids.extend(self.sp.encode(chunk))
-        return ids
+        return [self.bos, *self.tok.encode(text, add_special_tokens=False)]
 
     def image_token(self, prompt: str) -> list[int]:
         """tokenizer_image_token: each `<image>`-separated chunk tokenized with BOS, later BOSes dropped."""
@@ -177,8 +173,10 @@ def _reference_prompt(conversations: list[dict[str, str]], has_image: bool) -> s
     return "".join(parts)
 
 
-def _reference_tokenize(tok: _SlowTokenizer, conversations: list[dict[str, str]], has_image: bool) -> list[int]:
-    """preprocess_v1: tokenize the prompt, then each round and instruction part again to mask labels."""
+def reference_tokenize(tok: SlowTokenizer, conversations: list[dict[str, str]],
+                       has_image: bool) -> tuple[list[int], list[int]]:
+    """preprocess_v1: tokenize the prompt, then each round and instruction part again to mask labels.
+    Returns (input_ids, labels); the image is one IMAGE_TOKEN_INDEX id, as in the reference."""
     prompt = _reference_prompt(conversations, has_image)
     encode = tok.image_token if has_image else tok
     input_ids = encode(prompt)
@@ -199,7 +197,7 @@ def _reference_tokenize(tok: _SlowTokenizer, conversations: list[dict[str, str]]
     labels[cur:] = [IGNORE_INDEX] * (len(labels) - cur)
     if cur != len(input_ids):  # the reference masks the whole sample on a mismatch
         labels = [IGNORE_INDEX] * len(input_ids)
-    return labels
+    return input_ids, labels
 
 
 def run_reference(annotations: str, image_root: str, tokenizer_model: str, size: int) -> int:
@@ -209,7 +207,7 @@ def run_reference(annotations: str, image_root: str, tokenizer_model: str, size:
     # Built explicitly: without torchvision transformers 5 swaps CLIPImageProcessor for this class anyway.
     processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     background = tuple(int(x * 255) for x in processor.image_mean)
-    tok = _SlowTokenizer(tokenizer_model)
+    tok = SlowTokenizer(tokenizer_model)
     records = json.loads(Path(annotations).read_text())
     for record in records:
         has_image = "image" in record
@@ -220,7 +218,7 @@ def run_reference(annotations: str, image_root: str, tokenizer_model: str, size:
         else:
             pixels = np.zeros((3, size, size), np.float32)
         assert pixels.shape == (3, size, size)
-        _reference_tokenize(tok, record["conversations"], has_image)
+        reference_tokenize(tok, record["conversations"], has_image)
     return len(records)
 
 
@@ -241,10 +239,7 @@ def run_ours(source: DataSource, out: str, tokenizer_dir: str, size: int, cpus: 
 
     t0 = time.perf_counter()
     settings = PrepareSettings(template="vicuna_v1", num_image_tokens=(size // 14) ** 2, max_length=4096)
-    # One actor per CPU. Their logical share leaves one CPU for the reading and re-blocking tasks, which
-    # would otherwise wait forever behind actors holding every CPU (actors use whole cores regardless).
-    stats = prepare_dataset([source], out, settings, tokenizer_dir, num_actors=cpus,
-                            cpus_per_actor=(cpus - 1) / cpus, batch_size=PREPARE_BATCH)
+    stats = prepare_dataset([source], out, settings, tokenizer_dir, cpus_per_task=1.0, batch_size=PREPARE_BATCH)
     if stats["rejected"]:
         raise RuntimeError(f"benchmark data had {stats['rejected']} rejected records: {stats['rejected_by_reason']}")
     t1 = time.perf_counter()
@@ -259,6 +254,30 @@ def run_ours(source: DataSource, out: str, tokenizer_dir: str, size: int, cpus: 
     for batch in pixels.iter_batches(batch_size=PIXEL_BATCH, batch_format="pyarrow"):
         count += batch.num_rows
     return count, t1 - t0, time.perf_counter() - t1
+
+
+def run_ours_inline(source: DataSource, tokenizer_dir: str, size: int) -> int:
+    """Our per-sample work without Ray, in this process: process_records (validate, tokenize in batches,
+    check the image) then load_pixels for every kept row. Its CPU time is the floor that Ray's
+    scheduling, serialisation and process start-up add to; returns the samples produced."""
+    from .json_tokenizer import load_json_tokenizer
+    from .pixels import load_pixels
+    from .process import PrepareSettings, process_records
+    from .records import split_records
+    from .stage import source_infos
+
+    settings = PrepareSettings(template="vicuna_v1", num_image_tokens=(size // 14) ** 2, max_length=4096)
+    tok = load_json_tokenizer(tokenizer_dir)
+    if tok is None:
+        raise RuntimeError(f"{tokenizer_dir}: the benchmark's tokenizer should load from tokenizer.json")
+    raws = list(split_records(Path(source.annotations).read_bytes(), source.annotations))
+    count = 0
+    for i in range(0, len(raws), PREPARE_BATCH):
+        kept, _ = process_records(raws[i : i + PREPARE_BATCH], source_infos([source]), tok, settings)
+        for row in kept:
+            load_pixels(row["image"], "pad", size)
+        count += len(kept)
+    return count
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -350,10 +369,14 @@ def bench_preprocess(
         t0, c0 = time.perf_counter(), time.process_time()
         ref_count = run_reference(data["annotations"], data["image_root"], str(tok_dir / SPM_FILE), size)
         ref_wall, ref_cpu = time.perf_counter() - t0, time.process_time() - c0
+        c0 = time.process_time()
+        inline_count = run_ours_inline(source, str(tok_dir), size)
+        inline_cpu = time.process_time() - c0
         load_after = os.getloadavg()[0]
 
-    if ours_count != n or ref_count != n:
-        raise RuntimeError(f"expected {n} samples from both paths, got ours={ours_count} reference={ref_count}")
+    if ours_count != n or ref_count != n or inline_count != n:
+        raise RuntimeError(f"expected {n} samples from every path, got ours={ours_count} "
+                           f"reference={ref_count} ours without Ray={inline_count}")
     ours_wall = prepare_wall + pixels_wall
     ours, reference = n / ours_wall / cpus, n / ref_wall
     ours_per_cpu_s, ref_per_cpu_s = _rate(n, ours_cpu), _rate(n, ref_cpu)
@@ -366,6 +389,9 @@ def bench_preprocess(
         "ours_cpu_s": None if ours_cpu is None else round(ours_cpu, 3), "reference_cpu_s": round(ref_cpu, 3),
         "ours_per_cpu_s": ours_per_cpu_s, "reference_per_cpu_s": ref_per_cpu_s,
         "ratio_cpu": _sig(ours_per_cpu_s / ref_per_cpu_s) if ours_per_cpu_s and ref_per_cpu_s else None,
+        # The same work in one process without Ray: the best per-core rate our code allows on this machine.
+        "inline_cpu_s": round(inline_cpu, 3), "inline_per_cpu_s": _rate(n, inline_cpu),
+        "ratio_ceiling": _sig(ref_cpu / inline_cpu) if inline_cpu > 0 else None,
         # 1-minute load average before and after: other work on the machine inflates wall times.
         "load_avg": [round(load_before, 2), round(load_after, 2)],
     }
@@ -386,11 +412,14 @@ def format_table(r: dict[str, Any]) -> str:
         ("reference: per sample, 1 process", 1, r["reference_wall_s"], r["reference_per_core"],
          r["reference_cpu_s"], r["reference_per_cpu_s"]),
     ]
+    floor = ("ours without Ray, 1 process", 1, None, None, r["inline_cpu_s"], r["inline_per_cpu_s"])
     lines = [f"preprocess benchmark: n={r['n']}, {r['images']} JPEGs ~{w}x{h} (mean {r['mean_image_kb']} KB) "
              f"-> {r['size']}x{r['size']} pad", head]
-    for name, cores, wall, per_core, cpu, per_cpu in rows:
-        lines.append(f"{name:<36}{cores:>6}{wall:>9.2f}{per_core:>9.3g}{num(cpu, '.2f'):>9}{num(per_cpu, '.3g'):>9}")
+    for name, cores, wall, per_core, cpu, per_cpu in [*rows, floor]:
+        lines.append(f"{name:<36}{cores:>6}{num(wall, '.2f'):>9}{num(per_core, '.3g'):>9}{num(cpu, '.2f'):>9}"
+                     f"{num(per_cpu, '.3g'):>9}")
     lines.append(f"ratio ours/reference: {r['ratio']:.3g}x per core, {num(r['ratio_cpu'], '.3g')}x per CPU-second"
                  f"  (ours: prepare {r['ours_prepare_s']:.1f} s + pixel map {r['ours_pixels_s']:.1f} s;"
                  f" load average {r['load_avg'][0]} -> {r['load_avg'][1]})")
+    lines.append(f"ceiling without Ray overhead: {num(r['ratio_ceiling'], '.3g')}x per CPU-second")
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """A saved tokenizer's tokenizer.json, served by the `tokenizers` library without importing transformers.
 
-`prepare` actors only encode text, yet importing transformers pulls in torch: about 5 CPU-seconds and
-~0.5 GB per actor before the first record. A folder written by transformers 5's `save_pretrained` for a
-tokenizers-backed tokenizer (what `prepare` always hands its actors) holds the whole pipeline in
+`prepare` workers only encode text, yet importing transformers pulls in torch: about 5 CPU-seconds and
+~0.5 GB per worker process before the first record. A folder written by transformers 5's `save_pretrained` for a
+tokenizers-backed tokenizer (what `prepare` always hands its workers) holds the whole pipeline in
 tokenizer.json, and transformers encodes by calling that same pipeline's `encode_batch` — so the ids are
 identical. Anything else (no tokenizer.json, another backend, missing LLaVA tokens) gets None, and the
 caller falls back to transformers.

@@ -93,9 +93,7 @@ def check_image(uri: str, max_pixels: int, read: Callable[[str], bytes] = read_b
         data = read(uri)
     except FileNotFoundError:
         raise images.ImageError("missing", f"image {uri} does not exist") from None
-    width, height = images.image_size(data) if data else (0, 0)
-    images.decode_image(data, source=uri, max_pixels=max_pixels, draft_size=CHECK_DRAFT_SIZE)
-    return width, height
+    return images.check_image_bytes(data, source=uri, max_pixels=max_pixels, draft_size=CHECK_DRAFT_SIZE)
 
 
 def _record_id(raw: RawRecord) -> str:

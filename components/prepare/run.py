@@ -75,6 +75,6 @@ def run_prepare(cfg: PipelineConfig, out: str, synth_root: str | None = None) ->
         settings = PrepareSettings(template=stage.template, num_image_tokens=n_img, max_length=stage.max_length,
                                    over_length=cfg.prepare.over_length, max_image_pixels=cfg.prepare.max_image_pixels)
         result[name] = prepare_dataset(sources, storage.join(out, name), settings, tok_dir,
-                                       cpus_per_actor=cfg.prepare.cpus_per_task,
+                                       cpus_per_task=cfg.prepare.cpus_per_task,
                                        rows_per_shard=cfg.prepare.rows_per_shard)
     return result

@@ -9,6 +9,7 @@ kept + rejected = total, always.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ import pyarrow.compute as pc
 
 from components.core import storage
 from components.core.config import DataSource
+from components.core.tokenize import Tokenizer
 
 from .json_tokenizer import load_json_tokenizer
 from .process import KEPT_SCHEMA, PrepareSettings, SourceInfo, process_records, raw_from_row, raw_to_row
@@ -51,29 +53,29 @@ def read_source_rows(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield raw_to_row(raw)
 
 
-class RecordProcessor:
-    """Ray Data actor: holds one tokenizer, processes batches of raw record rows."""
+@functools.lru_cache(maxsize=4)
+def _tokenizer(tokenizer_dir: str) -> Tokenizer:
+    """One tokenizer per worker process and folder: Ray reuses workers, so later batches skip the load."""
+    # Straight from tokenizer.json when possible: importing transformers (and so torch) costs a worker
+    # seconds of CPU before its first record.
+    tok = load_json_tokenizer(tokenizer_dir)
+    if tok is None:
+        from components.models.tokenizer import load_tokenizer
 
-    def __init__(self, tokenizer_dir: str, sources: dict[str, SourceInfo], settings: PrepareSettings) -> None:
-        # Straight from tokenizer.json when possible: importing transformers (and so torch) costs each
-        # actor seconds of CPU before its first record.
-        tok = load_json_tokenizer(tokenizer_dir)
-        if tok is None:
-            from components.models.tokenizer import load_tokenizer
+        tok = load_tokenizer(tokenizer_dir)
+    return tok
 
-            tok = load_tokenizer(tokenizer_dir)
-        self.tok = tok
-        self.sources = sources
-        self.settings = settings
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        raws = [raw_from_row(r) for r in batch.to_pylist()]
-        kept, rejected = process_records(raws, self.sources, self.tok, self.settings)
-        rows = [{**r, "reason": "", "message": ""} for r in kept]
-        rows += [{**r, "image": "", "image_width": 0, "image_height": 0, "input_ids": [], "labels": [],
-                  "length": 0, "modality_length": 0, "truncated": False} for r in rejected]
-        rows.sort(key=lambda r: (r["file"], r["index"]))  # keep file order inside a batch
-        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+def process_batch(batch: pa.Table, tokenizer_dir: str, sources: dict[str, SourceInfo],
+                  settings: PrepareSettings) -> pa.Table:
+    """Ray Data map: a batch of raw record rows -> OUTPUT_SCHEMA rows, kept and rejected alike."""
+    raws = [raw_from_row(r) for r in batch.to_pylist()]
+    kept, rejected = process_records(raws, sources, _tokenizer(tokenizer_dir), settings)
+    rows = [{**r, "reason": "", "message": ""} for r in kept]
+    rows += [{**r, "image": "", "image_width": 0, "image_height": 0, "input_ids": [], "labels": [],
+              "length": 0, "modality_length": 0, "truncated": False} for r in rejected]
+    rows.sort(key=lambda r: (r["file"], r["index"]))  # keep file order inside a batch
+    return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
 
 def _only_kept(batch: pa.Table) -> pa.Table:
@@ -86,8 +88,7 @@ def prepare_dataset(
     settings: PrepareSettings,
     tokenizer_dir: str,
     *,
-    num_actors: int = 2,
-    cpus_per_actor: float = 0.5,
+    cpus_per_task: float = 0.5,
     batch_size: int = 256,
     rows_per_shard: int = 4096,
 ) -> dict[str, Any]:
@@ -98,29 +99,28 @@ def prepare_dataset(
     previous = ctx.execution_options.preserve_order
     ctx.execution_options.preserve_order = True  # same input → same shards
     try:
-        return _run_prepare(sources, out, settings, tokenizer_dir, num_actors, cpus_per_actor, batch_size,
-                            rows_per_shard)
+        return _run_prepare(sources, out, settings, tokenizer_dir, cpus_per_task, batch_size, rows_per_shard)
     finally:
         ctx.execution_options.preserve_order = previous  # the caller's process keeps its own setting
 
 
 def _run_prepare(
-    sources: list[DataSource], out: str, settings: PrepareSettings, tokenizer_dir: str, num_actors: int,
-    cpus_per_actor: float, batch_size: int, rows_per_shard: int,
+    sources: list[DataSource], out: str, settings: PrepareSettings, tokenizer_dir: str,
+    cpus_per_task: float, batch_size: int, rows_per_shard: int,
 ) -> dict[str, Any]:
     import ray
 
     infos = source_infos(sources)
     files = ray.data.from_items([{"file": f} for f in infos], override_num_blocks=len(infos))
-    # An annotation file reads as one block, and an actor takes whole blocks: cut it into batch-sized
-    # blocks so that every actor gets work.
-    raw = files.flat_map(read_source_rows, num_cpus=cpus_per_actor).repartition(
+    # An annotation file reads as one block: cut it into batch-sized blocks so that every CPU gets work.
+    raw = files.flat_map(read_source_rows, num_cpus=cpus_per_task).repartition(
         target_num_rows_per_block=batch_size)
+    # Tasks, not actors: they run on Ray's already-started workers, as many at once as the cluster has
+    # CPUs for, and the tokenizer loads once per worker process (_tokenizer).
     processed = raw.map_batches(
-        RecordProcessor,
-        fn_constructor_kwargs={"tokenizer_dir": tokenizer_dir, "sources": infos, "settings": settings},
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_cpus=cpus_per_actor,
+        process_batch,
+        fn_kwargs={"tokenizer_dir": tokenizer_dir, "sources": infos, "settings": settings},
+        num_cpus=cpus_per_task,
         batch_size=batch_size,
         batch_format="pyarrow",
     ).materialize()

@@ -17,6 +17,7 @@ from components.core.images import (
     PAD_COLOR,
     ImageError,
     blank_pixels,
+    check_image_bytes,
     decode_image,
     expand_to_square,
     image_size,
@@ -190,6 +191,13 @@ def test_exif_orientation_6_rotates_content():
     assert raw.size == (40, 20) == image_size(data, apply_exif=False)
 
 
+def test_check_reports_the_full_scale_displayed_size():
+    assert check_image_bytes(exif_jpeg(6)) == (20, 40)
+    big = encode(noise(640, 480), "JPEG")
+    # The draft decode is smaller; the reported size is the image's own.
+    assert check_image_bytes(big, draft_size=64) == (640, 480) == decode_image(big).size
+
+
 def test_animated_gif_takes_first_frame():
     frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 255, 0)]]
     buf = io.BytesIO()
@@ -231,6 +239,9 @@ def test_truncated(fmt):
     with pytest.raises(ImageError, match="cut.img") as err:
         decode_image(data[: len(data) // 2], source="cut.img")
     assert err.value.reason == "truncated"
+    with pytest.raises(ImageError, match="cut.img") as err:
+        check_image_bytes(data[: len(data) // 2], source="cut.img", draft_size=8)
+    assert err.value.reason == "truncated"
 
 
 @pytest.mark.parametrize("data", [b"definitely not an image" * 8, b""], ids=["garbage", "empty"])
@@ -246,6 +257,9 @@ def test_decompression_bomb_refused_from_header():
     # size was checked first.
     with pytest.raises(ImageError, match="9000×8000") as err:
         decode_image(png_header_only(9000, 8000), source="bomb.png", max_pixels=10_000_000)
+    assert err.value.reason == "too_large"
+    with pytest.raises(ImageError, match="9000×8000") as err:
+        check_image_bytes(png_header_only(9000, 8000), source="bomb.png", max_pixels=10_000_000)
     assert err.value.reason == "too_large"
     with pytest.raises(ImageError) as err:
         decode_image(encode(noise(30, 20), "PNG"), max_pixels=599)

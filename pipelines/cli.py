@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="generate the synthetic world (training data + eval sets)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", choices=["tiny", "small", "medium"], default="tiny")
+    p.add_argument("--size", choices=["micro", "tiny", "small", "medium"], default="tiny")
     p.set_defaults(fn=cmd_synth)
 
     p = sub.add_parser("inspect", help="show a sample's rendered prompt with its supervised spans")

@@ -15,7 +15,7 @@ from .llava15 import build_stages
 
 # Metrics shown in the final table, when a stage has them.
 KEY_METRICS = ("finetune_kept", "pretrain_kept", "final_loss", "initial_loss", "resumed_from_step", "accuracy",
-               "blank_images_accuracy", "f1_mean", "perception", "circular_accuracy", "img_accuracy",
+               "blank_images_accuracy", "mean_f1", "perception", "circular_accuracy", "img_accuracy",
                "parity_mismatches", "registered_version", "parity_ok")
 
 
@@ -29,7 +29,7 @@ def format_plan(plan: list[PlannedStage]) -> str:
 def _short(metrics: dict[str, Any]) -> str:
     parts = []
     for k, v in metrics.items():
-        if k in KEY_METRICS or k.endswith("accuracy"):
+        if k in KEY_METRICS or k.endswith("accuracy") or (k == "status" and v != "ok"):
             parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
     return " ".join(parts[:5])
 

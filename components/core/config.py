@@ -99,7 +99,7 @@ class DataSource(Strict):
 
 
 class SynthConfig(Strict):
-    size: Literal["tiny", "small", "medium"] = "tiny"
+    size: Literal["micro", "tiny", "small", "medium"] = "tiny"  # micro: smoke tests (mechanics, not learning)
     seed: int = 0
 
 

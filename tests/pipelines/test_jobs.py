@@ -32,9 +32,10 @@ from pipelines.job_client import JobError, find_token
 from pipelines.jobs import PROJECT_ROOT, build_job_spec, resolve_tracking_uri
 from pipelines.tracking import ray_job_id, redact
 
-# The tiny pipeline, made small: two optimizer steps per stage, one benchmark on 8 questions.
-SMALL = ["pretrain.max_steps=2", "finetune.max_steps=2", "evaluate.benchmarks=[gqa]", "evaluate.limit=8",
-         "evaluate.blank_image_check=[]", "evaluate.parity_sample=0", "export.enabled=false"]
+# The tiny pipeline, made small: the micro synthetic world, two optimizer steps per stage, one benchmark on 8
+# questions.
+SMALL = ["data.synth.size=micro", "pretrain.max_steps=2", "finetune.max_steps=2", "evaluate.benchmarks=[gqa]",
+         "evaluate.limit=8", "evaluate.blank_image_check=[]", "evaluate.parity_sample=0", "export.enabled=false"]
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAJOBSPECKEYID0001", "AWS_SECRET_ACCESS_KEY": "jobspec-secret-9f3a7c1e",
            "AWS_SESSION_TOKEN": "jobspec-session-5d2b", "MLFLOW_TRACKING_PASSWORD": "jobspec-mlflow-pw-77"}
 

@@ -16,8 +16,8 @@ from pipelines.cli import main
 pytestmark = pytest.mark.e2e
 
 BUCKET = "llava-s3-run"
-SMALL = ["pretrain.max_steps=2", "finetune.max_steps=2", "evaluate.benchmarks=[gqa]", "evaluate.limit=8",
-         "evaluate.blank_image_check=[]", "evaluate.parity_sample=0", "export.enabled=false"]
+SMALL = ["data.synth.size=micro", "pretrain.max_steps=2", "finetune.max_steps=2", "evaluate.benchmarks=[gqa]",
+         "evaluate.limit=8", "evaluate.blank_image_check=[]", "evaluate.parity_sample=0", "export.enabled=false"]
 
 
 def run_json(*overrides: str) -> tuple[int, dict, float]:

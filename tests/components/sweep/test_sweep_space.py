@@ -17,6 +17,16 @@ def test_tiny_sweep_extends_tiny():
     assert "extends" not in load_raw("tiny_sweep")
 
 
+def test_tiny_sweep_ranks_by_dev_accuracy_with_asha():
+    from components.sweep.run import dev_benchmark, sweep_metric
+
+    cfg = load_config("tiny_sweep")
+    assert sweep_metric(cfg, dev_benchmark(cfg)) == "accuracy" and cfg.sweep.mode == "max"
+    assert cfg.sweep.asha.enabled and rung_steps(cfg.sweep.proxy.finetune_steps, cfg.sweep.rungs) == [100, 200]
+    with pytest.raises(ValueError, match="sweep.metric: 'f1'"):
+        sweep_metric(load_config("tiny_sweep", ["sweep.metric=f1"]), dev_benchmark(cfg))
+
+
 def test_extends_errors_name_the_file(tmp_path):
     (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")

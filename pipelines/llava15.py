@@ -60,7 +60,7 @@ def run_prepare_stage(ctx: StageContext) -> dict[str, Any]:
 def run_sweep_stage(ctx: StageContext) -> dict[str, Any]:
     from components.sweep.run import run_sweep
 
-    metrics = run_sweep(ctx.cfg, prepared=ctx.inputs["prepare"], eval_root=eval_root(ctx.cfg, ctx.inputs),
+    metrics = run_sweep(ctx.cfg, prepared=ctx.inputs["prepare"], eval_root=dev_root(ctx.cfg, ctx.inputs),
                         out=ctx.out, storage_root=ctx.storage, fingerprint=ctx.fingerprint, mlflow=ctx.mlflow)
     resolve_from_sweep(ctx.cfg, ctx.out)  # best.json must be usable by `auto` before the output is committed
     return metrics
@@ -108,10 +108,20 @@ def run_finetune(ctx: StageContext) -> dict[str, Any]:
 
 
 def eval_root(cfg: PipelineConfig, inputs: dict[str, str]) -> str:
-    root = cfg.evaluate.root
+    return _with_synth(cfg.evaluate.root, "evaluate.root", inputs)
+
+
+def dev_root(cfg: PipelineConfig, inputs: dict[str, str]) -> str:
+    """Where the sweep's dev benchmark is read: sweep.dev.root, else evaluate.root."""
+    if cfg.sweep.dev.root is None:
+        return eval_root(cfg, inputs)
+    return _with_synth(cfg.sweep.dev.root, "sweep.dev.root", inputs)
+
+
+def _with_synth(root: str, key: str, inputs: dict[str, str]) -> str:
     if "{synth}" in root:
         if "synth" not in inputs:
-            raise ValueError("evaluate.root uses {synth} but the config has no data.synth section")
+            raise ValueError(f"{key} uses {{synth}} but the config has no data.synth section")
         root = root.replace("{synth}", inputs["synth"])
     return root
 

@@ -274,9 +274,12 @@ class SweepProxy(Strict):
 
 
 class SweepDev(Strict):
-    """The quick evaluation after each rung: the first `limit` questions of one benchmark."""
+    """The quick evaluation after each rung: the first `limit` questions of one benchmark, read from `root`
+    (a folder holding the benchmark's folder, as evaluate.root does; `{synth}` allowed). Null reads the
+    benchmark under evaluate.root itself: then the sweep selects on questions the final evaluation reports."""
 
     benchmark: str = "gqa"
+    root: str | None = None
     limit: int | None = Field(200, gt=0)
     batch_size: int = Field(16, gt=0)
 

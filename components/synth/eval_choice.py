@@ -199,7 +199,7 @@ def build_mmbench(b: Bench, lang: str, tsv_name: str) -> None:
                 ]
             )
     b.has_images = False
-    b.w.tsv(b.path(tsv_name), MMBENCH_COLUMNS, rows, role="eval_questions", benchmark=b.name)
+    b.w.tsv(b.path(tsv_name), MMBENCH_COLUMNS, rows, role=f"{b.split}_questions", benchmark=b.name)
     b.questions, b.n_questions = b.path(tsv_name), len(rows)
     b.annotations.append(b.path(tsv_name))
 

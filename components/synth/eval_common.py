@@ -48,44 +48,45 @@ _KIND_VARIANTS = {"circle": ("ball", "dot"), "square": ("rectangle", "box"), "tr
 
 @dataclass
 class Bench:
-    """One benchmark being written: its folder under eval/, its random stream and its outputs."""
+    """One benchmark being written: its folder under eval/ (or dev/), its random stream and its outputs."""
 
     name: str  # registry name, e.g. "vqav2"
     folder: str  # folder under eval/, named as in the real eval.zip, e.g. "vqav2", "MME"
     w: Writer
     rng: Random
     n: int  # target number of questions
+    split: str = "eval"  # "eval": the benchmark itself; "dev": a held-out copy for the sweep to select on
     questions: str = ""
     annotations: list[str] = field(default_factory=list)
     n_questions: int = 0
     has_images: bool = True
 
     def path(self, rel: str) -> str:
-        return f"eval/{self.folder}/{rel}"
+        return f"{self.split}/{self.folder}/{rel}"
 
     def image(self, name: str, scene: Scene) -> bytes:
         """Save a held-out image under the benchmark's images/ folder; `name` is relative to it."""
-        return self.w.image(self.path(f"images/{name}"), scene, role="eval_images", benchmark=self.name)
+        return self.w.image(self.path(f"images/{name}"), scene, role=f"{self.split}_images", benchmark=self.name)
 
     def write_questions(self, rel: str, rows: list[dict[str, Any]], fmt: str = "jsonl") -> None:
         if fmt == "jsonl":
-            self.w.jsonl(self.path(rel), rows, role="eval_questions", benchmark=self.name)
+            self.w.jsonl(self.path(rel), rows, role=f"{self.split}_questions", benchmark=self.name)
         else:
-            self.w.json(self.path(rel), rows, role="eval_questions", benchmark=self.name, fmt=fmt)
+            self.w.json(self.path(rel), rows, role=f"{self.split}_questions", benchmark=self.name, fmt=fmt)
         self.questions, self.n_questions = self.path(rel), len(rows)
 
     def write_annotations(self, rel: str, obj: Any, fmt: str = "json", records: int | None = None) -> None:
         if fmt == "jsonl":
-            self.w.jsonl(self.path(rel), obj, role="eval_annotations", benchmark=self.name)
+            self.w.jsonl(self.path(rel), obj, role=f"{self.split}_annotations", benchmark=self.name)
         else:
             self.w.json(
-                self.path(rel), obj, role="eval_annotations", benchmark=self.name, fmt=fmt, records=records
+                self.path(rel), obj, role=f"{self.split}_annotations", benchmark=self.name, fmt=fmt, records=records
             )
         self.annotations.append(self.path(rel))
 
     def summary(self) -> dict[str, Any]:
         return {
-            "folder": f"eval/{self.folder}",
+            "folder": f"{self.split}/{self.folder}",
             "questions": self.questions,
             "annotations": self.annotations,
             "images": self.path("images") if self.has_images else None,

@@ -95,7 +95,7 @@ def build_mme(b: Bench) -> None:
             b.w.text(
                 b.path(f"MME_Benchmark_release_version/{category}/questions_answers_YN/{stem}.txt"),
                 [f"{qa.question}{MME_SUFFIX}\t{qa.answer.capitalize()}" for qa in pair],
-                role="eval_annotations",
+                role=f"{b.split}_annotations",
                 benchmark=b.name,
             )
     b.annotations.append(b.path("MME_Benchmark_release_version"))

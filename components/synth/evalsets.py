@@ -45,15 +45,27 @@ BENCHMARKS: dict[str, BenchSpec] = {
 }
 
 
-def write_eval_sets(w: Writer, seed: int, scale: float, popularity: list[str]) -> dict[str, Any]:
-    """Write every benchmark under eval/; returns {bench: {folder, questions, annotations, images, n_questions}}.
+# Benchmarks that also get a dev copy (dev/<folder>, same format, own images and questions): what a sweep
+# selects on, so that the final evaluation under eval/ stays unseen by the selection.
+DEV_BENCHMARKS = ("gqa", "pope")
+
+
+def write_eval_sets(
+    w: Writer, seed: int, scale: float, popularity: list[str], *, split: str = "eval",
+    names: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Write benchmarks (`names`, default all) under `split`/ ("eval" or "dev"); returns {bench: {folder,
+    questions, annotations, images, n_questions}}.
 
     `popularity` ranks colours by how often they occur in the training images (POPE's popular split).
+    Every (split, benchmark) draws from its own random stream.
     """
     out = {}
-    for name, spec in BENCHMARKS.items():
+    for name in names or tuple(BENCHMARKS):
+        spec = BENCHMARKS[name]
         bench = Bench(
-            name, spec.folder, w, Random(f"{seed}/eval/{name}"), max(1, round(spec.questions * scale))
+            name, spec.folder, w, Random(f"{seed}/{split}/{name}"), max(1, round(spec.questions * scale)),
+            split=split,
         )
         spec.build(bench, popularity)
         out[name] = bench.summary()

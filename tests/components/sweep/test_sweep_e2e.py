@@ -46,7 +46,7 @@ def world(tmp_path_factory):
         f"storage={root / 'store'}", "data.synth=null",
         f"data.pretrain=[{{annotations: {pre}, image_root: {synth / 'images'}, name: captions}}]",
         f"data.finetune=[{{annotations: {fin}, image_root: {synth / 'images'}, name: mix}}]",
-        f"evaluate.root={synth / 'eval'}", "evaluate.benchmarks=[gqa]",
+        f"evaluate.root={synth / 'eval'}", "evaluate.benchmarks=[gqa]", f"sweep.dev.root={synth / 'dev'}",
         "sweep.space.connector=[linear, mlp2x_gelu]", "sweep.space.resolution=[28, 56]",
         "sweep.proxy.data_fraction=1.0", "sweep.proxy.pretrain_steps=3", "sweep.proxy.finetune_steps=4",
         "sweep.dev.limit=16", "sweep.dev.batch_size=16", "sweep.rungs=2",

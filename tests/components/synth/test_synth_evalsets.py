@@ -3,6 +3,7 @@
 import base64
 import csv
 import io
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -60,7 +61,30 @@ def test_eval_images_are_held_out(world):
     files = world.manifest["files"]
     train = {f["sha256"] for f in files if f["role"] == "images"}
     held_out = {f["sha256"] for f in files if f["role"] == "eval_images"}
-    assert held_out and not train & held_out
+    dev = {f["sha256"] for f in files if f["role"] == "dev_images"}
+    assert held_out and dev and not train & held_out and not (train | held_out) & dev
+
+
+def _data_files(root):
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if "images" not in p.parts}
+
+
+def test_dev_copies_have_the_benchmark_format_and_their_own_questions(world):
+    """dev/<folder> is what a sweep selects on: the same files as eval/<folder>, other images and questions."""
+    from components.synth.evalsets import BENCHMARKS, DEV_BENCHMARKS
+
+    assert set(world.manifest["dev"]) == set(DEV_BENCHMARKS) == set(world.manifest["counts"]["dev_questions"])
+    for name in DEV_BENCHMARKS:
+        folder = BENCHMARKS[name].folder
+        dev, test = world.root / "dev" / folder, world.eval(folder)
+        assert _data_files(dev) == _data_files(test)  # the same question and annotation files
+        entry = world.manifest["dev"][name]
+        rows = [json.loads(line) for line in (world.root / entry["questions"]).read_text().splitlines()]
+        assert len(rows) == entry["n_questions"] == world.manifest["eval"][name]["n_questions"]
+        assert all((dev / "images" / r["image"]).is_file() for r in rows)
+        test_rows = [json.loads(line) for line in (world.root / world.manifest["eval"][name]["questions"])
+                     .read_text().splitlines()]
+        assert [(r["image"], r["text"]) for r in rows] != [(r["image"], r["text"]) for r in test_rows]
 
 
 # ---------------------------------------------------------------- short answers

@@ -18,6 +18,9 @@ ROLES = {
     "eval_questions",
     "eval_annotations",
     "eval_images",
+    "dev_questions",
+    "dev_annotations",
+    "dev_images",
     "scene_metadata",
 }
 
@@ -62,7 +65,7 @@ def test_manifest_lists_every_file_with_its_hash_and_counts(world):
         data = on_disk[path]
         assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["bytes"] == len(data)
         assert entry["role"] in ROLES, entry
-        assert entry["role"].startswith("eval") == ("benchmark" in entry), entry
+        assert entry["role"].startswith(("eval", "dev")) == ("benchmark" in entry), entry
         if entry["format"] in ("jsonl", "tsv", "txt"):
             lines = data.decode().count("\n")
             assert entry["records"] == lines - (entry["format"] == "tsv"), path

@@ -18,7 +18,7 @@ import tempfile
 from typing import Any
 
 from components.core import storage
-from components.core.config import PipelineConfig, model_for_prepare
+from components.core.config import PipelineConfig, fill_synth, model_for_prepare
 
 from .executor import Stage, StageContext
 
@@ -108,22 +108,14 @@ def run_finetune(ctx: StageContext) -> dict[str, Any]:
 
 
 def eval_root(cfg: PipelineConfig, inputs: dict[str, str]) -> str:
-    return _with_synth(cfg.evaluate.root, "evaluate.root", inputs)
+    return fill_synth(cfg.evaluate.root, inputs.get("synth"), "evaluate.root")
 
 
 def dev_root(cfg: PipelineConfig, inputs: dict[str, str]) -> str:
     """Where the sweep's dev benchmark is read: sweep.dev.root, else evaluate.root."""
     if cfg.sweep.dev.root is None:
         return eval_root(cfg, inputs)
-    return _with_synth(cfg.sweep.dev.root, "sweep.dev.root", inputs)
-
-
-def _with_synth(root: str, key: str, inputs: dict[str, str]) -> str:
-    if "{synth}" in root:
-        if "synth" not in inputs:
-            raise ValueError(f"{key} uses {{synth}} but the config has no data.synth section")
-        root = root.replace("{synth}", inputs["synth"])
-    return root
+    return fill_synth(cfg.sweep.dev.root, inputs.get("synth"), "sweep.dev.root")
 
 
 def local_eval_root(root: str, folders: list[str], tmp: str) -> str:

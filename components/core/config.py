@@ -98,6 +98,15 @@ class DataSource(Strict):
     name: str | None = None  # per-source counts in stats; defaults to the file name
 
 
+def fill_synth(path: str, synth_root: str | None, what: str) -> str:
+    """`path` with `{synth}` replaced by the synthetic world's folder; `what` names the setting in errors."""
+    if "{synth}" not in path:
+        return path
+    if synth_root is None:
+        raise ValueError(f"{what} uses {{synth}} but the config has no data.synth section")
+    return path.replace("{synth}", synth_root)
+
+
 class SynthConfig(Strict):
     size: Literal["micro", "tiny", "small", "medium"] = "tiny"  # micro: smoke tests (mechanics, not learning)
     seed: int = 0

@@ -271,9 +271,10 @@ def run_ours_inline(source: DataSource, tokenizer_dir: str, size: int) -> int:
     if tok is None:
         raise RuntimeError(f"{tokenizer_dir}: the benchmark's tokenizer should load from tokenizer.json")
     raws = list(split_records(Path(source.annotations).read_bytes(), source.annotations))
+    infos = source_infos([source])
     count = 0
     for i in range(0, len(raws), PREPARE_BATCH):
-        kept, _ = process_records(raws[i : i + PREPARE_BATCH], source_infos([source]), tok, settings)
+        kept, _ = process_records(raws[i : i + PREPARE_BATCH], infos, tok, settings)
         for row in kept:
             load_pixels(row["image"], "pad", size)
         count += len(kept)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from components.core import storage
-from components.core.config import DataSource, PipelineConfig, model_for_prepare
+from components.core.config import DataSource, PipelineConfig, fill_synth, model_for_prepare
 from components.core.templates import VICUNA_SYSTEM
 
 from .process import PrepareSettings
@@ -26,11 +26,7 @@ TEMPLATE_TEXTS = (VICUNA_SYSTEM, "USER: ASSISTANT:", "Answer the question using 
 def resolve_sources(sources: list[DataSource], synth_root: str | None) -> list[DataSource]:
     """Fill `{synth}` in annotation and image paths with the synthetic world's folder."""
     def fill(path: str | None) -> str | None:
-        if path is None or "{synth}" not in path:
-            return path
-        if synth_root is None:
-            raise ValueError(f"data path {path!r} uses {{synth}} but the config has no data.synth section")
-        return path.replace("{synth}", synth_root)
+        return None if path is None else fill_synth(path, synth_root, f"data path {path!r}")
 
     return [s.model_copy(update={"annotations": fill(s.annotations), "image_root": fill(s.image_root)})
             for s in sources]

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from components.core.redact import redact
+
 
 @dataclass(frozen=True)
 class MlflowTarget:
@@ -34,7 +36,7 @@ class MlflowTarget:
     def set_tags(self, tags: dict[str, Any]) -> None:
         client = self.client()
         for k, v in tags.items():
-            client.set_tag(self.run_id, k, str(v))
+            client.set_tag(self.run_id, k, redact(str(v)))
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         self.client().log_artifact(self.run_id, local_path, artifact_path)

@@ -56,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run_cmd import run_pipeline
 
     return run_pipeline(_config(args), only=args.only, from_=args.from_, force=args.force,
-                        dry_run=args.dry_run, as_json=args.json, command=" ".join(sys.argv[1:]) or "run")
+                        dry_run=args.dry_run, as_json=args.json, command=" ".join(sys.argv[1:]) or "run",
+                        verbose=args.verbose)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -75,11 +76,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "preprocess":
-        from components.prepare.bench import bench_preprocess
+        from bench.preprocess import bench_preprocess
 
         result = bench_preprocess(args.n)
     else:
-        from components.evaluate.bench import bench_generate_cli
+        from bench.generate import bench_generate_cli
 
         result = bench_generate_cli(n=args.n, device=args.device, model_dir=args.model)
     if args.json:
@@ -135,7 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, positional=True)
     _add_stage_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan (same as `plan`) and exit")
-    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.add_argument("--json", action="store_true",
+                   help="stdout: exactly one JSON object at the end (stage lines go to stderr)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show what Ray, DeepSpeed and transformers print (always in {storage}/logs/)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("plan", help="show every stage as cached or run, and why (no Ray started)")
@@ -159,12 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(fn=cmd_inspect)
 
-    p = sub.add_parser("score", help="score an answers file (reference answer format)")
-    p.add_argument("benchmark")
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--questions")
-    p.add_argument("--annotations")
-    p.add_argument("--json", action="store_true")
+    from components.evaluate.benchmarks import BENCHMARKS
+
+    p = sub.add_parser(
+        "score", help="score an answers file (the reference's answer format)",
+        description="Score a predictions file the way the benchmark's reference evaluator does.",
+        epilog="benchmarks: " + ", ".join(BENCHMARKS) + " (eval.zip folder names work too, e.g. MME, mm-vet)")
+    p.add_argument("benchmark", metavar="BENCHMARK", help="registry name (listed below)")
+    p.add_argument("--predictions", required=True, metavar="FILE",
+                   help="answers JSONL in the reference format ({question_id, text} per line)")
+    p.add_argument("--questions", metavar="FILE",
+                   help="the benchmark's question file; its folder is read as the benchmark folder")
+    p.add_argument("--annotations", metavar="FILE", help="ground-truth file, when not in the benchmark folder")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("bench", help="benchmarks: our pipeline vs a baseline, side by side")

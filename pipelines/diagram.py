@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from .console import display_status
+
 COLORS = {"ran": "#8fd18f", "cached": "#9ec5fe", "failed": "#f28b82", "skipped": "#dddddd"}
 
 
@@ -34,9 +36,10 @@ def dag_png(stages: list[Any], results: dict[str, dict[str, Any]]) -> bytes:
     for s in stages:
         x, y = pos[s.name]
         r = results.get(s.name, {"status": "skipped", "duration_s": 0})
-        ax.add_patch(plt.Rectangle((x - 0.4, y - 0.3), 0.8, 0.6, color=COLORS.get(r["status"], "#ffffff"), ec="k"))
+        status = display_status(r)  # a benchmark that ran nothing (no judge) is grey, not green
+        ax.add_patch(plt.Rectangle((x - 0.4, y - 0.3), 0.8, 0.6, color=COLORS.get(status, "#ffffff"), ec="k"))
         ax.text(x, y + 0.08, s.name, ha="center", va="center", fontsize=8, weight="bold")
-        ax.text(x, y - 0.15, f"{r['status']} {r.get('duration_s', 0):.0f}s", ha="center", va="center", fontsize=7)
+        ax.text(x, y - 0.15, f"{status} {r.get('duration_s', 0):.0f}s", ha="center", va="center", fontsize=7)
     ax.set_xlim(-0.6, len(columns) - 0.4)
     ax.set_ylim(-height + 0.4, 0.6)
     ax.axis("off")

@@ -1,8 +1,14 @@
 """A small stage executor: fingerprints, a content-addressed cache, explainable plans, MLflow runs.
 
 It is not a distributed engine: stages run their own work on Ray. Outputs live under
-`{storage}/artifacts/{stage}/{fingerprint}/` and count as done only once `manifest.json` — written
-last — exists there, so a half-written output is never taken as done.
+`{storage}/artifacts/{stage}/{fingerprint}/` and count as done only once the executor's manifest
+(`MANIFEST`, a name no stage writes) exists there, so a half-written output is never taken as done.
+
+A stage's fingerprint covers exactly what it declares it reads — config key paths, data files (by content),
+environment-derived settings — plus its upstream fingerprints and the code its body runs (the import closure
+within this project, derived from the source). See components/core/fingerprint.py.
+
+One run of a stage at a time, and outputs committed atomically: see pipelines/attempts.py.
 
 A stage may refine the config of the stages after it from its output (`Stage.resolves`: the sweep fills
 `auto` with its best values). Stages that wait for such an output (`Stage.after`) are fingerprinted with the
@@ -12,7 +18,6 @@ refined config: from the cached output at plan time, or, when that stage has yet
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from collections.abc import Callable
@@ -22,21 +27,33 @@ from typing import Any
 
 from components.core import storage
 from components.core.config import PipelineConfig
-from components.core.fingerprint import code_version, explain, fingerprint, stage_inputs
+from components.core.fingerprint import code_version, explain, fingerprint, flatten, path_digest, stage_inputs
 from components.tracking import MlflowTarget
 
-MANIFEST = "manifest.json"
+from .attempts import MANIFEST, commit, parse_manifest, read_manifest, start_attempt, take_lease
+
 PENDING = "pending"  # fingerprint of a stage whose config waits for an upstream output
+NOT_CONFIGURED = "not configured"  # an env setting without a value: the plan says the stage will skip
 Resolver = Callable[[PipelineConfig, str], tuple[PipelineConfig, dict[str, Any]]]
+
+
+def _no_files(cfg: PipelineConfig) -> dict[str, str]:
+    return {}
+
+
+def _no_env() -> dict[str, Any]:
+    return {}
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     deps: tuple[str, ...]
-    config: Callable[[PipelineConfig], dict[str, Any]]  # the resolved config this stage depends on
-    code: tuple[str, ...]  # repo folders whose code the stage runs
-    run: Callable[[StageContext], dict[str, Any]]  # does the work, returns metrics
+    reads: tuple[str, ...]  # config key paths its output depends on (a section covers every key under it)
+    run: Callable[[StageContext], dict[str, Any]]  # does the work, returns metrics; its code is fingerprinted
+    files: Callable[[PipelineConfig], dict[str, str]] = _no_files  # data files/folders read: name → path
+    env: Callable[[], dict[str, Any]] = _no_env  # settings from the environment (never secrets)
+    resources: tuple[str, ...] = ()  # key paths read only to schedule the work (CPUs, actors): not fingerprinted
     group: str = ""  # fan-out family (e.g. "evaluate"); `--only evaluate` selects all of it
     after: tuple[str, ...] = ()  # also waits for these, whose outputs refine its config (not its upstream)
     # For the stages after it: (config refined by this stage's output folder, the values it chose).
@@ -48,10 +65,11 @@ class StageContext:
     cfg: PipelineConfig
     stage: Stage
     fingerprint: str
-    out: str  # this stage's output folder
+    out: str  # this attempt's output folder (committed to the stage's output folder when the body returns)
     inputs: dict[str, str]  # upstream stage → its output folder
     storage: str
     mlflow: MlflowTarget | None = None
+    attempt: str = ""  # this attempt's id: a resumed attempt keeps it, --force starts a new one
 
 
 @dataclass
@@ -77,11 +95,6 @@ def artifact_dir(root: str, stage: str, fp: str) -> str:
     return storage.join(root, "artifacts", stage, fp)
 
 
-def read_manifest(out: str) -> dict[str, Any] | None:
-    path = storage.join(out, MANIFEST)
-    return storage.read_json(path) if storage.exists(path) else None
-
-
 def latest_manifest(root: str, stage: str) -> dict[str, Any] | None:
     """The newest committed manifest of a stage, whatever its fingerprint (for explaining changes)."""
     fs, inner = storage.filesystem(storage.join(root, "artifacts", stage))
@@ -90,7 +103,9 @@ def latest_manifest(root: str, stage: str) -> dict[str, Any] | None:
     best = None
     for path in fs.glob(inner.rstrip("/") + "/*/" + MANIFEST):
         with fs.open(path, "rb") as f:
-            m = json.loads(f.read())
+            m = parse_manifest(f.read())
+        if m is None:
+            continue
         if best is None or m.get("finished_at", 0) > best.get("finished_at", 0):
             best = m
     return best
@@ -116,10 +131,33 @@ def downstream(stages: list[Stage], roots: set[str]) -> set[str]:
     return out
 
 
+def _under(key: str, paths: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in paths)
+
+
+def config_slice(cfg: PipelineConfig, paths: tuple[str, ...], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The declared keys' values, flattened: ('pretrain.optim',) → {'pretrain.optim.lr': 0.002, ...};
+    keys under `exclude` left out."""
+    dump = cfg.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for path in paths:
+        node: Any = dump
+        for part in path.split("."):
+            node = node[part]  # a KeyError here is a stage declaring a key the config does not have
+        out.update(flatten(node, path) if isinstance(node, dict) else {path: node})
+    return {k: v for k, v in out.items() if not _under(k, exclude)}
+
+
+def inputs_of(s: Stage, cfg: PipelineConfig, upstream: dict[str, str]) -> dict[str, Any]:
+    """Everything the stage's output depends on, as fingerprinted."""
+    files = {name: path_digest(path) for name, path in s.files(cfg).items()}
+    return stage_inputs(s.name, config_slice(cfg, s.reads, s.resources), upstream, code_version(s.run), files, s.env())
+
+
 def _decide(s: Stage, cfg: PipelineConfig, upstream: dict[str, str], root: str, *, selected: bool,
             forced: bool) -> PlannedStage:
     """Fingerprint one stage (its upstream fingerprints known) and decide cached / run / skip, with reasons."""
-    inputs = stage_inputs(s.name, s.config(cfg), upstream, code_version(s.code))
+    inputs = inputs_of(s, cfg, upstream)
     fp = fingerprint(inputs)
     out = artifact_dir(root, s.name, fp)
     manifest = read_manifest(out)
@@ -132,6 +170,8 @@ def _decide(s: Stage, cfg: PipelineConfig, upstream: dict[str, str], root: str, 
     else:
         action = "run"
         why = explain((latest_manifest(root, s.name) or {}).get("inputs"), inputs)
+    if action != "skip":
+        why += [f"skipped: no {key} configured" for key, v in inputs["env"].items() if v == NOT_CONFIGURED]
     return PlannedStage(s, fp, inputs, out, action, why, manifest, cfg=cfg, forced=forced)
 
 
@@ -213,21 +253,27 @@ def _run_one(p: PlannedStage, cfg: PipelineConfig, root: str, outs: dict[str, st
     result: dict[str, Any] = {"status": "", "fingerprint": p.fingerprint, "duration_s": 0.0, "metrics": {},
                               "mlflow_run_id": run_id, "why": p.why, "output": p.out}
     try:
-        if p.action == "cached":
-            assert p.manifest is not None
-            result.update(status="cached", metrics=p.manifest.get("metrics", {}),
-                          source_run_id=p.manifest.get("mlflow_run_id"))
+        lease, manifest = ((None, p.manifest) if p.action == "cached"
+                           else take_lease(p.out, forced=p.forced, stage=p.stage.name))
+        if lease is None:
+            assert manifest is not None
+            result.update(status="cached", metrics=manifest.get("metrics", {}),
+                          source_run_id=manifest.get("mlflow_run_id"))
         else:
-            target = tracker.target(run_id) if tracker else None
-            ctx = StageContext(p.cfg or cfg, p.stage, p.fingerprint, p.out, {d: outs[d] for d in p.stage.deps}, root,
-                               target)
-            metrics = p.stage.run(ctx) or {}
-            result.update(status="ran", metrics=metrics)
-            storage.write_json(storage.join(p.out, MANIFEST), {
-                "stage": p.stage.name, "fingerprint": p.fingerprint, "inputs": p.inputs, "metrics": metrics,
-                "mlflow_run_id": run_id, "started_at": started, "finished_at": time.time(),
-                "duration_s": time.time() - started,
-            })
+            try:
+                with lease.keep_alive():
+                    attempt, folder = start_attempt(p.out, forced=p.forced)
+                    target = tracker.target(run_id) if tracker else None
+                    ctx = StageContext(p.cfg or cfg, p.stage, p.fingerprint, folder,
+                                       {d: outs[d] for d in p.stage.deps}, root, target, attempt)
+                    metrics = p.stage.run(ctx) or {}
+                    commit(p.out, folder, {
+                        "stage": p.stage.name, "fingerprint": p.fingerprint, "inputs": p.inputs, "metrics": metrics,
+                        "mlflow_run_id": run_id, "attempt": attempt, "started_at": started,
+                        "finished_at": time.time(), "duration_s": time.time() - started})
+                    result.update(status="ran", metrics=metrics)
+            finally:
+                lease.release()
     except Exception as e:  # reported per stage; the pipeline stops after this level
         result.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
     result["duration_s"] = round(time.time() - started, 2)

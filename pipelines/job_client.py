@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from components.core.redact import redact
+
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TOKEN_HELP = ("Ray reads it from RAY_AUTH_TOKEN, else the file named by RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token; "
               "`ray get-auth-token` on the head node prints it")
@@ -159,7 +161,7 @@ def _status(client: Any, job_id: str, tries: int = 5) -> Any:
 def _catch_up(client: Any, job_id: str, printed: int, out: IO[str]) -> int:
     logs = client.get_job_logs(job_id)
     if len(logs) > printed:
-        out.write(logs[printed:])
+        out.write(redact(logs[printed:]))
         out.flush()
     return max(printed, len(logs))
 
@@ -170,7 +172,7 @@ async def _follow(client: Any, job_id: str, poll_s: float, timeout_s: float | No
     async def stream() -> None:
         nonlocal printed
         async for chunk in client.tail_job_logs(job_id):
-            out.write(chunk)
+            out.write(redact(chunk))  # a job's own output may repeat a URI with credentials
             out.flush()
             printed += len(chunk)
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from components.core import storage
 from components.core.config import CONFIG_DIR, load_config, resolve_path
+from components.core.redact import redact, redact_json
 
 from .artifacts import storage_root
 from .job_client import JobError, connect, follow, job_errors
@@ -61,6 +62,20 @@ def _project_config(config: str) -> str:
     except ValueError:
         raise JobError(f"config {path} is outside the project folder {PROJECT_ROOT}, the folder the job gets; "
                        "copy it into configs/") from None
+
+
+def _judge_env(warnings: list[str]) -> dict[str, str]:
+    """The GPT judge's settings for the job (they are part of the judged benchmarks' fingerprints). Its key is
+    a secret: like the S3 and MLflow credentials it comes from the cluster's own environment."""
+    from components.evaluate.judge import ENV_API_KEY, ENV_BASE_URL, ENV_MAX_RETRIES, ENV_MODEL, ENV_TIMEOUT
+
+    env = {k: os.environ[k] for k in (ENV_BASE_URL, ENV_MODEL, ENV_TIMEOUT, ENV_MAX_RETRIES) if os.environ.get(k)}
+    if ENV_BASE_URL in env:
+        _no_password("judge endpoint", env[ENV_BASE_URL], f"give the cluster {ENV_API_KEY} instead")
+    if os.environ.get(ENV_API_KEY):
+        warnings.append(f"{ENV_API_KEY} is not sent with the job: set it in the cluster's environment "
+                        "(e.g. a Kubernetes secret on the Ray pods)")
+    return env
 
 
 def _no_password(what: str, uri: str, fix: str) -> None:
@@ -144,6 +159,7 @@ def build_job_spec(config: str, overrides: list[str], *, only: list[str] | None 
             args += [flag, name]
 
     env = {k: os.environ[k] for k in PASS_ENV if os.environ.get(k)}
+    env.update(_judge_env(warnings))
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:  # MLflow's S3 artifact store has its own endpoint setting
         env.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
@@ -171,7 +187,7 @@ def _submit(client: Any, spec: JobSpec) -> None:
 
 
 def _address_flag(client: Any) -> str:
-    return f" --address {client.get_address()}"
+    return f" --address {redact(client.get_address())}"
 
 
 def _interrupted(client: Any, job_id: str) -> int:
@@ -197,7 +213,7 @@ def wait_for(client: Any, job_id: str, *, poll_s: float, timeout_s: float) -> in
     line = f"job {job_id} {status.value} after {took:.0f} s"
     if status.value != "SUCCEEDED":
         message = (info.message or "").strip()
-        print(f"{line}: {message.splitlines()[0] if message else 'no message'}", file=sys.stderr)
+        print(redact(f"{line}: {message.splitlines()[0] if message else 'no message'}"), file=sys.stderr)
         return 1
     print(line)
     return 0
@@ -209,16 +225,16 @@ def submit(config: str, overrides: list[str], *, address: str | None, wait: bool
     spec = build_job_spec(config, overrides, only=only, from_=from_, force=force)
     client = connect(address)
     for w in spec.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(f"warning: {redact(w)}", file=sys.stderr)
     host = urlsplit(client.get_address()).hostname or ""
     if not storage.is_remote(spec.storage) and host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: storage {spec.storage} is a local path; every node of the cluster must see it "
               "(a shared filesystem), else use s3://", file=sys.stderr)
     _submit(client, spec)
-    print(f"submitted {spec.submission_id} to {client.get_address()}")
-    print(f"  entrypoint: {spec.entrypoint}")
-    print(f"  storage:    {spec.storage}")
-    print(f"  MLflow:     {spec.tracking_uri}")
+    print(f"submitted {spec.submission_id} to {redact(client.get_address())}")
+    print(f"  entrypoint: {redact(spec.entrypoint)}")
+    print(f"  storage:    {redact(spec.storage)}")
+    print(f"  MLflow:     {redact(spec.tracking_uri)}")
     print(f"  follow:     llava-pipeline logs {spec.submission_id} --follow{_address_flag(client)}", flush=True)
     if not wait:
         return 0
@@ -237,14 +253,14 @@ def show_status(job_id: str, *, address: str | None, as_json: bool) -> int:
               "entrypoint": info.entrypoint, "metadata": info.metadata or {}, "start_time": info.start_time,
               "end_time": info.end_time, "driver_exit_code": info.driver_exit_code}
     if as_json:
-        print(json.dumps(fields))
+        print(json.dumps(redact_json(fields)))
         return 0
     print(f"job {fields['submission_id']}: {fields['status']}")
     for key in ("message", "entrypoint"):
         if fields[key]:
-            print(f"  {key + ':':12s}{fields[key]}")
+            print(redact(f"  {key + ':':12s}{fields[key]}"))
     for key, value in sorted(fields["metadata"].items()):
-        print(f"  {key + ':':12s}{value}")
+        print(redact(f"  {key + ':':12s}{value}"))
     print(f"  {'started:':12s}{_when(info.start_time)}   ended: {_when(info.end_time)}")
     return 0
 
@@ -258,7 +274,7 @@ def show_logs(job_id: str, *, address: str | None, follow_logs: bool, poll_s: fl
             return _interrupted(client, job_id)
         return 0
     with job_errors(client, job_id):
-        sys.stdout.write(client.get_job_logs(job_id))
+        sys.stdout.write(redact(client.get_job_logs(job_id)))
     return 0
 
 

@@ -7,27 +7,24 @@
 `model.connector: auto` / `model.vision.image_size: auto`, pretrain and finetune wait for it and take its
 best values (the executor refines their config from best.json before fingerprinting them).
 
-Each stage declares the config it depends on, the code it runs and its upstream stages; the executor
-turns that into fingerprints and cache decisions. Stage bodies import their heavy libraries lazily, so
+Each stage declares the config keys, data files and environment settings it reads and its upstream stages;
+the executor fingerprints exactly those plus the code the stage body runs (derived from its imports). Stage bodies import their heavy libraries lazily, so
 `plan` stays fast.
 """
 
 from __future__ import annotations
 
+import functools
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from components.core import storage
-from components.core.config import PipelineConfig, fill_synth, model_for_prepare
+from components.core.config import AUTO, ConfigError, PipelineConfig, deepspeed_config_path, fill_synth
+from components.core.fingerprint import flatten
+from components.core.redact import redact
 
-from .executor import Stage, StageContext
-
-CORE = ("components/core",)
-
-
-def _dump(obj: Any) -> Any:
-    return obj.model_dump(mode="json") if hasattr(obj, "model_dump") else obj
-
+from .executor import NOT_CONFIGURED, Stage, StageContext
 
 # ---------------------------------------------------------------- stage bodies
 
@@ -74,26 +71,15 @@ def resolve_from_sweep(cfg: PipelineConfig, out: str) -> tuple[PipelineConfig, d
     return resolve_auto(cfg, storage.read_json(path)["best"], source=path)
 
 
-def _sweep_config(c: PipelineConfig) -> dict[str, Any]:
-    """What a sweep's result depends on: the searched dimensions' own settings are left out, so switching
-    model.connector between `auto` and a fixed value does not rerun the sweep."""
-    model = _dump(c.model)
-    if c.sweep.space.connector:
-        model.pop("connector")
-    if c.sweep.space.resolution:
-        model["vision"].pop("image_size")
-    return {"sweep": _dump(c.sweep), "model": model, "pretrain": _dump(c.pretrain), "finetune": _dump(c.finetune),
-            "evaluate": {"root": c.evaluate.root, "template": c.evaluate.template}}
-
-
 def _train(ctx: StageContext, stage: str) -> dict[str, Any]:
-    from components.train.run import run_training
+    from components.train.run import prune_checkpoints, run_training
 
     init = storage.join(ctx.inputs["pretrain"], "connector.safetensors") if stage == "finetune" else None
-    summary = run_training(
-        ctx.cfg, stage, prepared=ctx.inputs["prepare"], out=ctx.out, run_name=f"{stage}-{ctx.fingerprint}",
-        storage_path=storage.join(ctx.storage, "ray_train"), init_connector=init, mlflow=ctx.mlflow,
-    )
+    # One Ray Train run per attempt: a resumed attempt continues its run, a forced one starts a fresh run.
+    run_name, train_root = f"{stage}-{ctx.fingerprint}-{ctx.attempt}", storage.join(ctx.storage, "ray_train")
+    summary = run_training(ctx.cfg, stage, prepared=ctx.inputs["prepare"], out=ctx.out, run_name=run_name,
+                           storage_path=train_root, init_connector=init, mlflow=ctx.mlflow)
+    prune_checkpoints(train_root, run_name, keep=getattr(ctx.cfg, stage).keep_checkpoints)
     keys = ("steps", "samples", "tokens", "initial_loss", "final_loss", "wall_s", "resumed_from_step",
             "world_size", "threads_per_worker")
     return {k: summary[k] for k in keys if k in summary and summary[k] is not None}
@@ -135,20 +121,26 @@ def local_eval_root(root: str, folders: list[str], tmp: str) -> str:
     return str(local)
 
 
-def run_evaluate(ctx: StageContext, bench: str) -> dict[str, Any]:
+def run_evaluate(ctx: StageContext, *, bench: str) -> dict[str, Any]:
     from components.evaluate.benchmarks import get_benchmark
+    from components.evaluate.pool import PoolSpec, warm_pool
     from components.evaluate.stage import run_benchmark
 
     ev = ctx.cfg.evaluate
     spec = get_benchmark(bench)
+    model_dir = storage.join(ctx.inputs["finetune"], "model")
+    # Every benchmark job of the run shares one warm pool per model: replicas start and load the model once.
+    pool = warm_pool(PoolSpec(model_dir, ev.template, ev.batch_size, ev.num_actors, ev.use_gpu, ev.cpus_per_actor))
     # The evaluate component reads and writes local files; an s3:// storage root is staged through this node.
     with tempfile.TemporaryDirectory() as tmp, storage.staged_dir(ctx.out) as out:
-        common = dict(model_dir=storage.join(ctx.inputs["finetune"], "model"),
+        common = dict(model_dir=model_dir,
                       eval_root=local_eval_root(eval_root(ctx.cfg, ctx.inputs), [spec.folder], tmp),
                       template=ev.template, batch_size=ev.batch_size, num_actors=ev.num_actors, use_gpu=ev.use_gpu,
-                      limit=ev.limit)
+                      limit=ev.limit, pool=pool)
         result = run_benchmark(bench, out_dir=out, parity_sample=ev.parity_sample, mlflow=ctx.mlflow, **common)
         metrics: dict[str, Any] = {"status": result["status"]}
+        if result["status"] == "skipped":
+            metrics["reason"] = result.get("reason", "")
         if result.get("value") is not None:
             metrics[result["metric"]] = result["value"]
         if result.get("parity") is not None:
@@ -174,47 +166,137 @@ def run_export(ctx: StageContext) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the DAG
 
+# Config keys no stage reads but the pipeline itself: where things live, what is tracked, and the DAG's shape
+# (which stages exist). Every other key must be read by a stage (tests/pipelines/test_stage_contract.py).
+PIPELINE_KEYS = ("name", "storage", "tracking", "data.synth", "evaluate.benchmarks", "evaluate.concurrency",
+                 "sweep.enabled", "export.enabled")
+
+
+def _unsynthesized(path: str) -> bool:
+    """A path outside the synthetic world's output: the synth stage's fingerprint does not cover it."""
+    return "{synth}" not in path
+
+
+def _prepare_files(c: PipelineConfig) -> dict[str, str]:
+    return {f"data.{stage}.{i}.annotations": src.annotations
+            for stage in ("pretrain", "finetune") for i, src in enumerate(getattr(c.data, stage))
+            if _unsynthesized(src.annotations)}
+
+
+def _deepspeed_files(*stages: str) -> Callable[[PipelineConfig], dict[str, str]]:
+    def files(c: PipelineConfig) -> dict[str, str]:
+        return {f"{s}.deepspeed": str(deepspeed_config_path(getattr(c, s))) for s in stages}
+    return files
+
+
+def _benchmark_files(bench: str, root: str) -> dict[str, str]:
+    """A benchmark's folder under an eval root the user provides (a `{synth}` root is the synth stage's)."""
+    from components.evaluate.benchmarks import get_benchmark
+
+    if not _unsynthesized(root):
+        return {}
+    return {f"benchmark.{bench}": storage.join(root, get_benchmark(bench).folder)}
+
+
+def _judge_env(bench: str) -> Callable[[], dict[str, Any]]:
+    """A judged benchmark's result depends on the judge (model and endpoint; never its key): without one it
+    is `skipped`, a fingerprint a later run with a judge does not share."""
+    def env() -> dict[str, Any]:
+        from components.evaluate.benchmarks import get_benchmark
+        from components.evaluate.judge import JudgeNotConfigured, judge_from_env
+
+        if not get_benchmark(bench).needs_judge:
+            return {}
+        judge = judge_from_env()
+        if isinstance(judge, JudgeNotConfigured):
+            return {"judge": NOT_CONFIGURED}
+        return {"judge.base_url": redact(judge.base_url), "judge.model": judge.model}  # ?key= is a key too
+    return env
+
+
+def _sweep_reads(c: PipelineConfig) -> tuple[str, ...]:
+    """What a sweep's result depends on: the searched dimensions' own settings are left out, so switching
+    model.connector between `auto` and a fixed value does not rerun the sweep."""
+    skip = {"model.connector"} if c.sweep.space.connector else set()
+    if c.sweep.space.resolution:
+        skip.add("model.vision.image_size")
+    model = [f"model.{k}" for k in flatten(c.model.model_dump(mode="json")) if f"model.{k}" not in skip]
+    return ("seed", "sweep", *model, "pretrain", "finetune", "evaluate.root", "evaluate.template")
+
+
+def config_problems(cfg: PipelineConfig) -> list[str]:
+    """`key.path: problem` for what the schema alone cannot check but a stage would fail on hours later:
+    benchmark names against the registry, blank-image checks of benchmarks that do not run, DeepSpeed files."""
+    from components.evaluate.benchmarks import UnknownBenchmark, get_benchmark
+
+    problems = []
+    names = [("evaluate.benchmarks", b) for b in cfg.evaluate.benchmarks]
+    if cfg.sweep.enabled:
+        names.append(("sweep.dev.benchmark", cfg.sweep.dev.benchmark))
+    for key, name in names:
+        try:
+            get_benchmark(name)
+        except UnknownBenchmark as e:
+            problems.append(f"{key}: {e}")
+    repeated = sorted({b for b in cfg.evaluate.benchmarks if cfg.evaluate.benchmarks.count(b) > 1})
+    if repeated:
+        problems.append(f"evaluate.benchmarks: listed more than once: {', '.join(repeated)}")
+    extra = [b for b in cfg.evaluate.blank_image_check if b not in cfg.evaluate.benchmarks]
+    if extra:
+        problems.append(f"evaluate.blank_image_check: {', '.join(extra)} not in evaluate.benchmarks")
+    for stage in ("pretrain", "finetune"):
+        try:
+            if not deepspeed_config_path(getattr(cfg, stage)).is_file():
+                problems.append(f"{stage}.deepspeed: {getattr(cfg, stage).deepspeed} does not exist")
+        except ValueError as e:
+            problems.append(f"{stage}.deepspeed: {e}")
+    return problems
+
 
 def build_stages(cfg: PipelineConfig) -> list[Stage]:
-    """The stages this config runs, in topological order."""
+    """The stages this config runs, in topological order, each with the config keys, data files and
+    environment settings it reads (the executor fingerprints exactly those, and the code it runs).
+    A config a stage would fail on (`config_problems`) is a ConfigError here, at plan time."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(problems))
     stages: list[Stage] = []
     has_synth = cfg.data.synth is not None
+    synth = ("synth",) if has_synth else ()
     if has_synth:
-        stages.append(Stage("synth", (), lambda c: {"data.synth": _dump(c.data.synth)},
-                            ("components/synth",), run_synth))
-    stages.append(Stage(
-        "prepare", ("synth",) if has_synth else (),
-        lambda c: {"data": _dump(c.data), "prepare": _dump(c.prepare), "tokenizer": _dump(c.model.tokenizer),
-                   "vision": _dump(model_for_prepare(c).vision),
-                   "pretrain": {"template": c.pretrain.template, "max_length": c.pretrain.max_length},
-                   "finetune": {"template": c.finetune.template, "max_length": c.finetune.max_length}},
-        ("components/prepare", "components/models", *CORE), run_prepare_stage))
+        stages.append(Stage("synth", (), ("data.synth.size", "data.synth.seed"), run_synth))
+    prepare_reads = ("data.pretrain", "data.finetune", "prepare", "model.tokenizer", "model.vision",
+                     "pretrain.template", "pretrain.max_length", "finetune.template", "finetune.max_length")
+    if cfg.model.vision.image_size == AUTO:  # rows are cut for the sweep's largest resolution
+        prepare_reads += ("sweep.space.resolution",)
+    stages.append(Stage("prepare", synth, prepare_reads, run_prepare_stage, files=_prepare_files,
+                        resources=("prepare.cpus_per_task",)))
     after: tuple[str, ...] = ()
     if cfg.sweep.enabled:
-        stages.append(Stage("sweep", ("prepare", "synth") if has_synth else ("prepare",), _sweep_config,
-                            ("components/sweep", "components/train", "components/evaluate", "components/models", *CORE),
-                            run_sweep_stage, resolves=resolve_from_sweep))
+        stages.append(Stage(
+            "sweep", ("prepare", *synth), _sweep_reads(cfg), run_sweep_stage,
+            files=lambda c: {**_deepspeed_files("pretrain", "finetune")(c),
+                             **_benchmark_files(c.sweep.dev.benchmark, c.sweep.dev.root or c.evaluate.root)},
+            resolves=resolve_from_sweep))
         from components.sweep.space import auto_keys
 
         after = ("sweep",) if auto_keys(cfg) else ()
-    stages.append(Stage("pretrain", ("prepare",),
-                        lambda c: {"model": _dump(c.model), "pretrain": _dump(c.pretrain)},
-                        ("components/train", "components/models", *CORE), run_pretrain, after=after))
-    stages.append(Stage("finetune", ("prepare", "pretrain"),
-                        lambda c: {"model": _dump(c.model), "finetune": _dump(c.finetune)},
-                        ("components/train", "components/models", *CORE), run_finetune, after=after))
+    train_reads = ("seed", "model")
+    for stage, deps, body in (("pretrain", ("prepare",), run_pretrain),
+                              ("finetune", ("prepare", "pretrain"), run_finetune)):
+        stages.append(Stage(stage, deps, (*train_reads, stage), body, files=_deepspeed_files(stage), after=after,
+                            resources=(f"{stage}.keep_checkpoints",)))
     eval_names = []
+    eval_reads = ("evaluate.root", "evaluate.template", "evaluate.batch_size", "evaluate.use_gpu",
+                  "evaluate.limit", "evaluate.parity_sample", "evaluate.blank_image_check")
     for bench in cfg.evaluate.benchmarks:
         name = f"evaluate.{bench}"
         eval_names.append(name)
         stages.append(Stage(
-            name, ("finetune", "synth") if has_synth else ("finetune",),
-            lambda c, b=bench: {"benchmark": b, "evaluate": _dump(c.evaluate.model_copy(
-                update={"benchmarks": [], "concurrency": 1, "num_actors": 1}))},
-            ("components/evaluate", "components/models", *CORE),
-            lambda ctx, b=bench: run_evaluate(ctx, b), group="evaluate"))
+            name, ("finetune", *synth), eval_reads, functools.partial(run_evaluate, bench=bench),
+            files=lambda c, b=bench: _benchmark_files(b, c.evaluate.root), env=_judge_env(bench),
+            resources=("evaluate.num_actors", "evaluate.cpus_per_actor"), group="evaluate"))
     if cfg.export.enabled:
-        export_deps = ("finetune", *eval_names, *(("synth",) if has_synth else ()))
-        stages.append(Stage("export", export_deps, lambda c: {"export": _dump(c.export)},
-                            ("components/export", "components/models", *CORE), run_export))
+        stages.append(Stage("export", ("finetune", *eval_names, *synth),
+                            ("export", "name", "model.connector", "evaluate.root", "evaluate.template"), run_export))
     return stages

@@ -1,22 +1,30 @@
-"""`llava-pipeline run` and `plan`: plan the DAG, run what is not cached, report."""
+"""`llava-pipeline run` and `plan`: plan the DAG, run what is not cached, report.
+
+stdout is for results: the plan, one line per stage as it starts and ends, the final table (or, with
+`--json`, exactly one JSON object and nothing else). What Ray, DeepSpeed and transformers print goes to
+`{storage}/logs/<time>-<pid>-run.log` (`-v`: also live on stderr); see `pipelines.console`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import time
 from typing import Any
 
 from components.core.config import PipelineConfig
 
 from .artifacts import storage_root
+from .console import Console, captured, display_status, log_file, publish_log
 from .executor import PlannedStage, execute, make_plan
 from .llava15 import build_stages
 
-# Metrics shown in the final table, when a stage has them.
-KEY_METRICS = ("finetune_kept", "pretrain_kept", "final_loss", "initial_loss", "resumed_from_step", "accuracy",
-               "blank_images_accuracy", "mean_f1", "perception", "circular_accuracy", "img_accuracy",
-               "parity_mismatches", "registered_version", "parity_ok")
+# Metrics shown in the final table and the stage lines, when a stage has them.
+KEY_METRICS = ("files", "pretrain_kept", "pretrain_rejected", "finetune_kept", "finetune_rejected", "steps",
+               "final_loss", "resumed_from_step", "accuracy", "blank_images_accuracy", "mean_f1", "perception",
+               "circular_accuracy", "img_accuracy", "parity_mismatches", "registered_version", "parity_ok")
 
 
 def format_plan(plan: list[PlannedStage]) -> str:
@@ -26,21 +34,50 @@ def format_plan(plan: list[PlannedStage]) -> str:
     return "\n".join(lines)
 
 
-def _short(metrics: dict[str, Any]) -> str:
+def key_metrics(metrics: dict[str, Any]) -> str:
+    """The numbers a person looks at first (kept/rejected, final loss, the benchmark's metric)."""
     parts = []
     for k, v in metrics.items():
-        if k in KEY_METRICS or k.endswith("accuracy") or (k == "status" and v != "ok"):
+        if k in KEY_METRICS or k.endswith("accuracy"):
             parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    return " ".join(parts[:5])
+    if metrics.get("status") == "skipped":
+        parts.append(f"skipped: {metrics.get('reason', 'nothing to score')}")
+    return " ".join(parts[:6])
 
 
 def format_results(results: dict[str, dict[str, Any]]) -> str:
     lines = [f"{'stage':22s} {'status':8s} {'duration':>9s}  key metrics"]
     for name, r in results.items():
-        lines.append(f"{name:22s} {r['status']:8s} {r['duration_s']:8.1f}s  {_short(r.get('metrics', {}))}")
+        lines.append(f"{name:22s} {display_status(r):8s} {r['duration_s']:8.1f}s  {key_metrics(r.get('metrics', {}))}")
         if r.get("error"):
             lines.append(f"{'':22s} error: {r['error']}")
     return "\n".join(lines)
+
+
+class StageLines:
+    """The tracker the executor talks to, plus a console line when a stage starts and when it ends."""
+
+    def __init__(self, tracker: Any, console: Console, *, to_err: bool) -> None:
+        self.tracker, self.console, self.to_err = tracker, console, to_err
+        self.started: dict[str, float] = {}
+
+    def _say(self, text: str) -> None:
+        self.console.line(f"{time.strftime('%H:%M:%S')} {text}", to_err=self.to_err)
+
+    def target(self, run_id: str | None) -> Any:
+        return self.tracker.target(run_id)
+
+    def start_stage(self, p: PlannedStage) -> str:
+        run_id = self.tracker.start_stage(p)
+        if p.action == "run":
+            self._say(f"{p.stage.name:22s} started   ({'; '.join(p.why)})")
+        return run_id
+
+    def end_stage(self, run_id: str, p: PlannedStage, result: dict[str, Any]) -> None:
+        self.tracker.end_stage(run_id, p, result)
+        status = display_status(result)
+        detail = f"error: {result['error']}" if result.get("error") else key_metrics(result.get("metrics", {}))
+        self._say(f"{p.stage.name:22s} {status:9s} {result['duration_s']:7.1f}s  {detail}")
 
 
 def init_ray() -> None:
@@ -59,13 +96,21 @@ def init_ray() -> None:
         ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False, configure_logging=False)
 
 
+def _json_summary(results: dict[str, dict[str, Any]], tracker: Any, log: str) -> dict[str, Any]:
+    fields = ("status", "fingerprint", "duration_s", "metrics", "output", "mlflow_run_id", "error")
+    stages = {k: {**{f: v.get(f) for f in fields}, "status": display_status(v)} for k, v in results.items()}
+    return {"stages": stages, "outputs": {k: v.get("output") for k, v in results.items() if v.get("output")},
+            "log": log, "mlflow_parent_run_id": tracker.parent, "tracking_uri": tracker.uri}
+
+
 def run_pipeline(
     cfg: PipelineConfig, *, only: list[str], from_: list[str], force: list[str], dry_run: bool, as_json: bool,
-    command: str = "run",
+    command: str = "run", verbose: bool = False,
 ) -> int:
     root = storage_root(cfg)
-    stages = build_stages(cfg)
-    plan = make_plan(cfg, stages, root, only=only, from_=from_, force=force)
+    with contextlib.redirect_stdout(sys.stderr):  # whatever a library prints while planning is not a result
+        stages = build_stages(cfg)
+        plan = make_plan(cfg, stages, root, only=only, from_=from_, force=force)
     if dry_run:
         if as_json:
             print(json.dumps({"stages": {p.stage.name: {"action": p.action, "fingerprint": p.fingerprint,
@@ -73,26 +118,32 @@ def run_pipeline(
         else:
             print(format_plan(plan))
         return 0
-    print(format_plan(plan), file=sys.stderr if as_json else sys.stdout, flush=True)
-    if any(p.action == "run" for p in plan):
-        init_ray()  # an all-cached rerun needs no Ray: it only reads manifests and logs to MLflow
-    from .diagram import dag_png
-    from .tracking import PipelineTracker
+    with captured(log_file(root, command), verbose=verbose) as console:
+        console.line(format_plan(plan), to_err=as_json)
+        console.line(f"logs: {console.log_path}" + ("" if verbose else " (-v shows them here)"), to_err=True)
+        if any(p.action == "run" for p in plan):
+            init_ray()  # an all-cached rerun needs no Ray: it only reads manifests and logs to MLflow
+        from .diagram import dag_png
+        from .tracking import PipelineTracker
 
-    tracker = PipelineTracker(cfg, root, command)
-    results = execute(cfg, plan, root, tracker, concurrency=cfg.evaluate.concurrency)
-    tracker.finish(results, dag_png(stages, results))
+        tracker = PipelineTracker(cfg, root, command)
+        lines = StageLines(tracker, console, to_err=as_json)
+        try:
+            results = execute(cfg, plan, root, lines, concurrency=cfg.evaluate.concurrency)
+        finally:
+            from components.evaluate.pool import close_warm_pools
+
+            close_warm_pools()
+        tracker.finish(results, dag_png(stages, results))
+    log = publish_log(console.log_path, root)
+    tracker.log_file(str(console.log_path))
     failed = any(r["status"] == "failed" for r in results.values())
     if as_json:
-        print(json.dumps({"stages": {k: {f: v.get(f) for f in ("status", "fingerprint", "duration_s", "metrics",
-                                                                "mlflow_run_id", "error")}
-                                     for k, v in results.items()},
-                          "mlflow_parent_run_id": tracker.parent, "tracking_uri": tracker.uri}, default=str))
+        console.line(json.dumps(_json_summary(results, tracker, log), default=str))
     else:
-        print()
-        print(format_results(results))
-        print(f"\nMLflow: parent run {tracker.parent}; open the UI with:\n  mlflow ui --backend-store-uri {tracker.uri}")
+        console.line("\n" + format_results(results))
+        console.line(f"\nMLflow: {tracker.where()}\nLog of this run: {log}")
     for r in results.values():
         if r.get("traceback"):
-            print(r["traceback"], file=sys.stderr)
+            console.line(r["traceback"], to_err=True)
     return 1 if failed else 0

@@ -6,10 +6,12 @@ storage root (`{storage}/mlflow.db`, artifacts in `{storage}/mlartifacts`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,10 @@ import yaml
 from components.core import storage
 from components.core.config import PipelineConfig, deepspeed_config_path
 from components.core.fingerprint import flatten
+from components.core.redact import redact, redact_json
 from components.tracking import MlflowTarget
+
+from .console import display_status
 
 
 def tracking_uri(cfg: PipelineConfig, root: str) -> str:
@@ -32,14 +37,6 @@ def tracking_uri(cfg: PipelineConfig, root: str) -> str:
         return f"sqlite:///{local}"
     Path(root).mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
-
-
-_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*):[^/@\s]*@")
-
-
-def redact(text: str) -> str:
-    """`scheme://user:password@host` loses its password before it reaches MLflow (params, tags, config)."""
-    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 def ray_job_id() -> str | None:
@@ -71,6 +68,23 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+@contextlib.contextmanager
+def _store_setup_lock(uri: str) -> Iterator[None]:
+    """Two runs started together on a fresh sqlite store would both create its tables and the experiment:
+    the first to hold this lock does, the other then finds them."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class PipelineTracker:
     """Parent run + nested stage runs through MlflowClient (thread-safe, no active-run globals)."""
 
@@ -78,10 +92,12 @@ class PipelineTracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri(cfg, root)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        exp = self.client.get_experiment_by_name(cfg.tracking.experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            cfg.tracking.experiment, artifact_location=artifact_location(root))
+        # MLflow prints "View run ... at: <tracking URI>" as runs end, credentials included; `where` says it
+        # once, redacted.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        with _store_setup_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.experiment_id = self._experiment(cfg.tracking.experiment, root)
         tags = {"pipeline": cfg.name, "command": redact(command), "storage": redact(root)}
         job = ray_job_id()
         if job:
@@ -102,6 +118,40 @@ class PipelineTracker:
                 dst.write_text(src.read_text())
             self.client.log_artifacts(self.parent, tmp, "config")
 
+    def run_url(self, base: str) -> str:
+        """The parent run's page under an MLflow UI at `base` (the runs list, not MLflow 3's GenAI view)."""
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.parent}"
+
+    def where(self) -> str:
+        """Where a person finds this run: the server's page, or the `mlflow ui` command for a local store."""
+        if self.uri.startswith(("http://", "https://")):
+            return f"parent run {self.run_url(redact(self.uri))}"
+        return (f"open the UI with `mlflow ui --backend-store-uri {redact(self.uri)}`, then "
+                f"{self.run_url('http://127.0.0.1:5000')} (one nested run per stage under the parent run)")
+
+    def log_file(self, path: str) -> None:
+        """The run's log (what Ray, DeepSpeed and transformers printed) as an artifact of the parent run,
+        redacted: a library may have printed a URI with its credentials."""
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / Path(path).name
+            copy.write_text(redact(Path(path).read_text(encoding="utf-8", errors="replace")), encoding="utf-8")
+            self.client.log_artifact(self.parent, str(copy), "logs")
+
+    def _experiment(self, name: str, root: str) -> str:
+        """The experiment's id, created if needed; a run that created it first (another process) wins."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp:
+            return str(exp.experiment_id)
+        try:
+            return str(self.client.create_experiment(name, artifact_location=artifact_location(root)))
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
+
     def target(self, run_id: str | None) -> MlflowTarget | None:
         return MlflowTarget(self.uri, run_id) if run_id else None
 
@@ -114,11 +164,12 @@ class PipelineTracker:
         if choices:  # `auto` values this stage took from an upstream output (the sweep's best)
             tags["auto_from"] = p.choices_from
             tags.update({f"auto.{k}": str(v) for k, v in choices.items()})
+        tags = {k: redact(v) for k, v in tags.items()}
         run_id = self.client.create_run(self.experiment_id, run_name=p.stage.name, tags=tags).info.run_id
         if choices:
             from mlflow.entities import Param
 
-            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in choices.items()])
+            self.client.log_batch(run_id, params=[Param(k, redact(str(v))) for k, v in choices.items()])
         return run_id
 
     def end_stage(self, run_id: str, p: Any, result: dict[str, Any]) -> None:
@@ -129,16 +180,21 @@ class PipelineTracker:
         batch = [Metric(k, v, 0, 0) for k, v in metrics.items()]
         for i in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[i:i + 500])
-        self.client.set_tag(run_id, "status", result["status"])
+        status = display_status(result)
+        self.client.set_tag(run_id, "status", status)
+        if status == "skipped" and result.get("metrics", {}).get("reason"):
+            self.client.set_tag(run_id, "skipped_reason", str(result["metrics"]["reason"])[:5000])
         if result.get("error"):
-            self.client.set_tag(run_id, "error", result["error"][:5000])
+            self.client.set_tag(run_id, "error", redact(result["error"])[:5000])
         self.client.set_terminated(run_id, "FAILED" if result["status"] == "failed" else "FINISHED")
 
     def finish(self, results: dict[str, dict[str, Any]], diagram_png: bytes | None) -> None:
         from mlflow.entities import Metric
 
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "stages.json").write_text(json.dumps(results, indent=2, default=str))
+            # Round-trip through JSON first so that every string (exception texts included) is redacted.
+            stages = redact_json(json.loads(json.dumps(results, default=str)))
+            (Path(tmp) / "stages.json").write_text(json.dumps(stages, indent=2))
             if diagram_png:
                 (Path(tmp) / "dag.png").write_bytes(diagram_png)
             self.client.log_artifacts(self.parent, tmp)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,6 +87,13 @@ class ModelConfig(Strict):
     tokenizer: TokenizerConfig = TokenizerConfig()
     connector: str = "mlp2x_gelu"  # linear | mlp{N}x_gelu | identity | auto (from the sweep)
 
+    @field_validator("connector")
+    @classmethod
+    def _connector(cls, value: str) -> str:
+        if value != "auto" and not CONNECTOR_SPEC.match(value):
+            raise ValueError(f"{value!r} is not a connector (linear, mlp{{N}}x_gelu, identity, or auto)")
+        return value
+
 
 # ---------------------------------------------------------------- data
 
@@ -94,8 +102,11 @@ class DataSource(Strict):
     """One annotation file (LLaVA JSON list or JSONL) and the folder its `image` paths are relative to."""
 
     annotations: str
-    image_root: str | None = None
+    image_root: str | None = None  # default: the annotation file's folder
     name: str | None = None  # per-source counts in stats; defaults to the file name
+    # A trusted dataset whose `image` fields are absolute paths or URLs; otherwise every image must resolve
+    # (symlinks included) under image_root, and a record that points elsewhere is rejected.
+    allow_absolute_paths: bool = False
 
 
 def fill_synth(path: str, synth_root: str | None, what: str) -> str:
@@ -121,6 +132,15 @@ class DataConfig(Strict):
 class PrepareConfig(Strict):
     over_length: Literal["truncate", "reject"] = "truncate"
     max_image_pixels: int = 178_956_970  # decompression-bomb guard (PIL's default limit)
+    max_image_bytes: int = Field(256 * 1024 * 1024, gt=0)  # an image file is read only up to this size
+    # Training pads an image to a square of its longest side: a huge or thin image would cost gigabytes there.
+    max_image_side: int = Field(8192, gt=0)
+    max_aspect_ratio: float = Field(20.0, ge=1)
+    max_line_bytes: int = Field(16 * 1024 * 1024, gt=0)  # a longer JSONL line is rejected unparsed
+    duplicate_ids: Literal["keep", "reject"] = "keep"  # repeated ids are counted in stats.json either way
+    # More rejected than this fraction fails the stage (after writing stats.json and rejected.jsonl): a bug
+    # or a wrong image_root must not pass as a dataset that is mostly bad records.
+    max_rejected_fraction: float = Field(0.5, ge=0, le=1)
     rows_per_shard: int = 4096
     cpus_per_task: float = 0.5
 
@@ -134,7 +154,9 @@ class OptimConfig(Strict):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     connector_lr: float | None = None  # own lr for the connector (LoRA recipe: 2e-5)
-    max_grad_norm: float = 0.0  # 0 = no clipping, as the reference's DeepSpeed configs
+    # Clip the global gradient L2 norm to this (0 = off); written as DeepSpeed's gradient_clipping. 1.0 is
+    # DeepSpeed's own default since 0.19.3 and HF's; the reference's DeepSpeed 0.12.6 defaulted to off.
+    max_grad_norm: float = Field(1.0, ge=0)
 
 
 class ScheduleConfig(Strict):
@@ -166,11 +188,15 @@ class TrainStageConfig(Strict):
     precision: Literal["bf16", "fp32"] = "bf16"
     gradient_checkpointing: bool = True
     group_by_modality_length: bool = False
+    # Padding-free batches: a micro-batch's samples back to back in one row with per-sample positions and
+    # attention (flex attention on GPU). auto = on with use_gpu (a CPU gains nothing); YAML's on/off work too.
+    packing: bool | Literal["auto"] = "auto"
     deepspeed: str  # path of the DeepSpeed JSON, relative to the repo's configs/ folder or absolute
     optim: OptimConfig
     schedule: ScheduleConfig = ScheduleConfig()
     lora: LoraConfig | None = None
     checkpoint_every: int = Field(0, ge=0)  # optimizer steps between checkpoints; 0 = only at the end
+    keep_checkpoints: int = Field(0, ge=0)  # Ray Train checkpoints kept once the stage's outputs are committed
     max_failures: int = 1
     seed: int = 42
 
@@ -179,6 +205,11 @@ class TrainStageConfig(Strict):
         """Micro-batches per optimizer step so that per-device × accumulation × world = global."""
         per_step = self.per_device_batch * self.num_workers
         return self.global_batch // per_step
+
+    @property
+    def packed(self) -> bool:
+        """Whether batches use the packed layout (`packing`, with auto resolved by use_gpu)."""
+        return self.use_gpu if self.packing == "auto" else self.packing
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> TrainStageConfig:
@@ -352,7 +383,14 @@ class PipelineConfig(Strict):
     sweep: SweepConfig = SweepConfig()
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+def _config_dir() -> Path:
+    """The packaged configs/ folder: a package of its own, so a non-editable install ships it too."""
+    import configs
+
+    return Path(configs.__file__).resolve().parent
+
+
+CONFIG_DIR = _config_dir()
 
 
 def _describe(value: Any) -> str:
@@ -373,18 +411,28 @@ _EXPECTED = {
 }
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
+def _blame(source: str, path: str, overrides: Sequence[str]) -> str:
+    """Where a key's value came from: the `--set` that wrote it (or below it), else the config file."""
+    for item in reversed(overrides):
+        key = item.split("=", 1)[0].strip()
+        if path and (key == path or key.startswith(path + ".") or path.startswith(key + ".")):
+            return f"--set {item}"
+    return source
+
+
+def _format_errors(source: str, err: ValidationError, overrides: Sequence[str] = ()) -> str:
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        source_of = _blame(source, path, overrides)
         kind = e["type"]
         if kind in ("missing", "extra_forbidden"):
-            lines.append(f"{source}: {path}: {_EXPECTED[kind]}")
+            lines.append(f"{source_of}: {path}: {_EXPECTED[kind]}")
         elif kind in _EXPECTED:
-            lines.append(f"{source}: {path}: {_EXPECTED[kind]}, got {_describe(e['input'])}")
+            lines.append(f"{source_of}: {path}: {_EXPECTED[kind]}, got {_describe(e['input'])}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {path or '(top level)'}: {msg}")
+            lines.append(f"{source_of}: {path or '(top level)'}: {msg}")
     return "\n".join(lines)
 
 
@@ -438,14 +486,16 @@ def _yaml_floats(node: Any) -> Any:
 
 
 def resolve_path(path: str | Path) -> Path:
-    """A config name (`tiny`), a file in configs/, or any path."""
-    p = Path(path)
-    if p.exists():
-        return p
-    for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
-        if candidate.exists():
+    """A config file: a path (relative to the working directory), else a packaged config by name from any
+    directory: `tiny`, `tiny.yaml` and `configs/tiny.yaml` all name configs/tiny.yaml."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p.resolve()
+    name = p.relative_to("configs") if p.parts[:1] == ("configs",) else p
+    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if candidate.is_file():
             return candidate
-    raise ConfigError(f"config {str(path)!r} not found (looked in . and {CONFIG_DIR})")
+    raise ConfigError(f"config {str(path)!r} not found (looked in {Path.cwd()} and the packaged {CONFIG_DIR})")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -532,24 +582,35 @@ def sweep_problems(cfg: PipelineConfig) -> list[str]:
     return problems
 
 
-def validate(raw: dict[str, Any], source: str = "<config>") -> PipelineConfig:
+def validate(raw: dict[str, Any], source: str = "<config>", overrides: Sequence[str] = ()) -> PipelineConfig:
+    """A validated config; an error at a key an override set is blamed on that `--set`, not the file."""
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(source, e)) from None
+        raise ConfigError(_format_errors(source, e, overrides)) from None
     problems = sweep_problems(cfg)
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
     return cfg
 
 
-def load_config(path: str | Path = "tiny", overrides: list[str] | None = None) -> PipelineConfig:
-    """Read, override and validate a pipeline config."""
+def load_config(path: str | Path = "tiny", overrides: list[str] | None = None,
+                cwd: Path | None = None) -> PipelineConfig:
+    """Read, override and validate a pipeline config; local paths come back absolute, resolved against `cwd`
+    (default: the working directory), see `components.core.paths`."""
+    from .paths import PathError, resolve_local_paths
+
     p = resolve_path(path)
     raw = apply_overrides(load_raw(p), overrides or [])
-    return validate(raw, str(p))
+    cfg = validate(raw, str(p), overrides or [])
+    try:
+        return resolve_local_paths(cfg, (cwd or Path.cwd()).resolve(), CONFIG_DIR)
+    except PathError as e:
+        raise ConfigError(f"{p}: {e}") from None
 
 
 def deepspeed_config_path(stage: TrainStageConfig) -> Path:
-    p = Path(stage.deepspeed)
-    return p if p.is_absolute() else CONFIG_DIR / p
+    """The stage's DeepSpeed JSON (absolute once the config went through `load_config`)."""
+    from .paths import deepspeed_file
+
+    return Path(deepspeed_file(stage.deepspeed, Path.cwd(), CONFIG_DIR, "deepspeed"))

@@ -17,9 +17,13 @@ Role = Literal["human", "gpt"]
 # Reason codes, one per way a record can be unusable. `prepare` counts rejections by these names.
 REASONS = (
     "malformed_json",
+    "not_a_list",
+    "line_too_long",
     "invalid_utf8",
     "not_an_object",
     "missing_id",
+    "invalid_id",
+    "duplicate_id",
     "missing_conversations",
     "bad_role",
     "roles_not_alternating",
@@ -28,14 +32,22 @@ REASONS = (
     "image_without_image_token",
     "multiple_image_tokens",
     "image_token_in_assistant_turn",
+    "special_token_text",
+    "multiple_images",
     "plain_template_shape",
     "missing_image",
     "corrupt_image",
     "truncated_image",
     "image_too_large",
     "unsupported_image",
+    "image_outside_root",
+    "image_is_url",
+    "image_not_a_file",
+    "image_unreadable",
+    "image_aspect_ratio",
     "over_length",
     "no_supervised_tokens",
+    "unexpected_error",  # any other exception while processing the record (type and message kept)
 )
 
 
@@ -77,12 +89,17 @@ def parse_record(obj: Any, *, source: str = "<memory>", index: int = 0) -> Sampl
         raise RecordError("not_an_object", f"{_where(source, index, None)}: expected a JSON object")
     rid = obj.get("id")
     where = _where(source, index, rid)
-    if rid is None or (isinstance(rid, str) and not rid.strip()) or not isinstance(rid, str | int):
+    if rid is None or (isinstance(rid, str) and not rid.strip()):
         raise RecordError("missing_id", f"{where}: field 'id' is missing or empty")
+    if isinstance(rid, bool) or not isinstance(rid, str | int):  # `true` would become the id "True"
+        raise RecordError("invalid_id", f"{where}: field 'id' must be a string or an integer, got {rid!r}")
     convs = obj.get("conversations")
     if not isinstance(convs, list) or not convs:
         raise RecordError("missing_conversations", f"{where}: field 'conversations' must be a non-empty list")
     image = obj.get("image")
+    if isinstance(image, list) and len(image) > 1:
+        raise RecordError("multiple_images", f"{where}: field 'image' lists {len(image)} images; LLaVA-1.5 "
+                          "takes one per conversation")
     if image is not None and (not isinstance(image, str) or not image.strip()):
         raise RecordError("empty_value", f"{where}: field 'image' must be a non-empty string")
 

@@ -1,17 +1,29 @@
-"""Stage fingerprints: a hash of the stage name, its resolved config, its upstream fingerprints and the
-code version of the packages it runs. Equal fingerprint = reusable output; a different one comes with
-the reasons (`explain`), so a rerun is explainable.
+"""Stage fingerprints: a hash of the stage name, the config it reads, its upstream fingerprints, the data
+files it reads and the code it runs. Equal fingerprint = reusable output; a different one comes with the
+reasons (`explain`), so a rerun is explainable.
+
+Nothing here is listed by hand: the code part is the import closure of the stage's body within this
+project (`code_closure`), and data files are hashed by content (`path_digest`).
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import hashlib
+import inspect
 import json
+import os
+import textwrap
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from components.core import storage
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("components", "pipelines")  # this project's top-level packages: the only code a closure follows
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -24,23 +36,212 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: obj}
 
 
+# ---------------------------------------------------------------- code: the import closure
+
+
+def module_file(module: str, root: Path) -> Path | None:
+    """The file of a project module (`a.b` → a/b.py or a/b/__init__.py), or None outside the project."""
+    if module.split(".")[0] not in PACKAGES:
+        return None
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported(node: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Modules an AST imports (module-level and lazy ones alike); `from a import b` also names `a.b`,
+    which is a module when b is one."""
+    found: set[str] = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Import):
+            found.update(alias.name for alias in n.names)
+        elif isinstance(n, ast.ImportFrom):
+            if n.level:  # relative: resolved against this module's package
+                parts = module.split(".") if is_package else module.split(".")[:-1]
+                parts = parts[: len(parts) - (n.level - 1)]
+                base = ".".join([*parts, n.module] if n.module else parts)
+            else:
+                base = n.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in n.names)
+    return found
+
+
+def _with_parents(module: str) -> list[str]:
+    """a.b.c → a, a.b, a.b.c: importing a module runs its packages' __init__ first."""
+    parts = module.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _parse(path: Path) -> ast.Module:
+    st = path.stat()
+    return _parse_version(path, st.st_size, st.st_mtime_ns)
+
+
 @lru_cache(maxsize=64)
-def code_version(packages: tuple[str, ...]) -> str:
-    """Hash of every .py file under the given repo-relative folders (paths and contents)."""
+def _parse_version(path: Path, size: int, mtime_ns: int) -> ast.Module:
+    return ast.parse(path.read_bytes(), str(path))
+
+
+@lru_cache(maxsize=4096)
+def _file_imports(path: Path, module: str, size: int, mtime_ns: int) -> frozenset[str]:
+    """A file's imports, parsed once per version of the file."""
+    return frozenset(_imported(_parse_version(path, size, mtime_ns), module, path.name == "__init__.py"))
+
+
+def import_closure(modules: Iterable[str], root: Path | None = None) -> list[Path]:
+    """Every project file (under `root`, default REPO_ROOT) that importing `modules` can run, following
+    imports anywhere in each file."""
+    root = root or REPO_ROOT
+    seen: dict[str, Path] = {}
+    todo = [m for module in modules for m in _with_parents(module)]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        path = module_file(module, root)
+        if path is None:
+            continue
+        seen[module] = path
+        st = path.stat()
+        for name in _file_imports(path, module, st.st_size, st.st_mtime_ns):
+            todo.extend(m for m in _with_parents(name) if m not in seen)
+    return sorted(set(seen.values()))
+
+
+def _function_roots(fn: Callable[..., Any]) -> tuple[list[str], list[str]]:
+    """(modules, source texts) a stage body runs: its own source, the module-level functions of its module it
+    calls (transitively, by name) and the project modules those import — not its whole module, so one stage's
+    body does not depend on another's."""
+    while hasattr(fn, "func"):  # functools.partial
+        fn = fn.func  # type: ignore[attr-defined]
+    module = inspect.getmodule(fn)
+    assert module is not None and module.__file__ is not None
+    mod_tree = _parse(Path(module.__file__))
+    defs = {n.name: n for n in mod_tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    imports: dict[str, str] = {}  # name bound by a module-level import → the module it comes from
+    is_package = Path(module.__file__).name == "__init__.py"
+    for n in mod_tree.body:
+        if isinstance(n, ast.Import | ast.ImportFrom):
+            for alias in n.names:
+                bound = alias.asname or alias.name.split(".")[0]
+                targets = _imported(ast.Module(body=[n], type_ignores=[]), module.__name__, is_package)
+                full = [t for t in targets if t.endswith("." + alias.name) or t == alias.name]
+                imports[bound] = max(full, key=len) if full else alias.name
+    modules: list[str] = []
+    sources: list[str] = []
+    todo: list[ast.AST] = []
+    if fn.__qualname__ == fn.__name__ and fn.__name__ in defs:
+        todo.append(defs[fn.__name__])
+    else:  # a nested function or a lambda: its own source (a lambda's is the lines around it)
+        text = textwrap.dedent(inspect.getsource(fn))
+        sources.append(text)
+        with contextlib.suppress(SyntaxError):  # a lambda cut out of a larger expression: text hashed only
+            todo.append(ast.parse(text))
+    done: set[str] = set()
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            sources.append(ast.unparse(node))
+            # What runs: the body and default values; annotations are never evaluated (`from __future__`).
+            node = ast.Module(body=[*node.body, *(ast.Expr(d) for d in node.args.defaults
+                                                  + node.args.kw_defaults if d is not None)], type_ignores=[])
+        modules.extend(_imported(node, module.__name__, is_package))
+        for n in ast.walk(node):
+            if isinstance(n, ast.Name):
+                if n.id in defs and n.id not in done:
+                    done.add(n.id)
+                    todo.append(defs[n.id])
+                elif n.id in imports:
+                    modules.append(imports[n.id])
+    return sorted(set(modules)), sorted(sources)
+
+
+def code_closure(body: Callable[..., Any], root: Path | None = None) -> list[Path]:
+    """The project files a stage body can run (see `_function_roots`, then `import_closure`)."""
+    return import_closure(_function_roots(body)[0], root)
+
+
+@lru_cache(maxsize=256)
+def _file_hash(path: Path, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def code_version(body: Callable[..., Any], root: Path | None = None) -> str:
+    """Hash of the body's own source and every project file in its import closure (paths and contents)."""
+    root = root or REPO_ROOT
+    modules, sources = _function_roots(body)
     h = hashlib.sha256()
-    for pkg in sorted(packages):
-        root = REPO_ROOT / pkg
-        files = sorted(root.rglob("*.py")) if root.is_dir() else [root] if root.exists() else []
-        for f in files:
-            if "__pycache__" in f.parts:
-                continue
-            h.update(str(f.relative_to(REPO_ROOT)).encode())
-            h.update(f.read_bytes())
+    for text in sources:
+        h.update(text.encode())
+    for f in import_closure(modules, root):
+        st = f.stat()
+        h.update(str(f.relative_to(root)).encode())
+        h.update(_file_hash(f, st.st_size, st.st_mtime_ns).encode())
     return h.hexdigest()[:16]
 
 
-def stage_inputs(name: str, config: dict[str, Any], upstream: dict[str, str], code: str) -> dict[str, Any]:
-    return {"stage": name, "config": flatten(config), "upstream": dict(sorted(upstream.items())), "code": code}
+# ---------------------------------------------------------------- data files
+
+
+def _cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llava-pipeline" / "digests.json"
+
+
+def _local_digest(path: Path) -> str:
+    """sha256 of a local file's content, computed once per (path, size, mtime) and kept in a cache file."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache_path = _cache_file()
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return str(cache[key])
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    digest = "sha256:" + h.hexdigest()
+    cache[key] = digest
+    with contextlib.suppress(OSError):  # a read-only home only loses the cache
+        storage.write_json(str(cache_path), cache)
+    return digest
+
+
+def path_digest(path: str) -> str:
+    """What a data file or folder holds: local files by content hash (cached per size + mtime), remote ones by
+    size + ETag (the store's own content tag; nothing is downloaded). A folder is the digest of its files."""
+    if storage.is_remote(path):
+        fs, inner = storage.filesystem(path)
+        entries = fs.find(inner, detail=True) if fs.isdir(inner) else {inner: fs.info(inner)}
+        h = hashlib.sha256()
+        for name, info in sorted(entries.items()):
+            tag = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime")
+            h.update(f"{name[len(inner):]}|{info.get('size')}|{tag}\n".encode())
+        return "listing:" + h.hexdigest()
+    p = Path(path)
+    if not p.exists():
+        return "missing"
+    if p.is_file():
+        return _local_digest(p)
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        h.update(f"{f.relative_to(p)}|{_local_digest(f)}\n".encode())
+    return "tree:" + h.hexdigest()
+
+
+# ---------------------------------------------------------------- fingerprints
+
+
+def stage_inputs(name: str, config: dict[str, Any], upstream: dict[str, str], code: str,
+                 files: dict[str, str] | None = None, env: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"stage": name, "config": flatten(config), "upstream": dict(sorted(upstream.items())), "code": code,
+            "files": dict(sorted((files or {}).items())), "env": dict(sorted((env or {}).items()))}
 
 
 def fingerprint(inputs: dict[str, Any]) -> str:
@@ -53,10 +254,13 @@ def explain(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     if old is None:
         return ["no earlier output"]
     reasons = []
-    old_cfg, new_cfg = old.get("config", {}), new["config"]
-    for key in sorted(set(old_cfg) | set(new_cfg)):
-        if old_cfg.get(key, "<unset>") != new_cfg.get(key, "<unset>"):
-            reasons.append(f"{key} changed ({old_cfg.get(key, '<unset>')!r} → {new_cfg.get(key, '<unset>')!r})")
+    for part, label in (("config", "{} changed ({!r} → {!r})"), ("env", "{} changed ({!r} → {!r})"),
+                        ("files", "file {} changed")):
+        old_part, new_part = old.get(part, {}), new.get(part, {})
+        for key in sorted(set(old_part) | set(new_part)):
+            a, b = old_part.get(key, "<unset>"), new_part.get(key, "<unset>")
+            if a != b:
+                reasons.append(label.format(key, a, b))
     for up in sorted(set(old.get("upstream", {})) | set(new["upstream"])):
         if old.get("upstream", {}).get(up) != new["upstream"].get(up):
             reasons.append(f"upstream {up} changed")

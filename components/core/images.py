@@ -15,7 +15,6 @@ import logging
 import struct
 from typing import TYPE_CHECKING, Literal
 
-import fsspec
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -26,6 +25,9 @@ log = logging.getLogger(__name__)
 
 Reason = Literal["missing", "corrupt", "truncated", "too_large", "unsupported"]
 REASONS: frozenset[str] = frozenset({"missing", "corrupt", "truncated", "too_large", "unsupported"})
+# The rejection reason a record (prepare) or question (evaluate) gets for each ImageError reason.
+REJECTION_REASONS = {"missing": "missing_image", "corrupt": "corrupt_image", "truncated": "truncated_image",
+                     "too_large": "image_too_large", "unsupported": "unsupported_image"}
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS)
 
@@ -169,30 +171,6 @@ def _load(img: Image.Image, source: str, draft_size: int | None, apply_exif: boo
         raise ImageError("too_large", f"{source}: {e}") from e
     except _DECODE_ERRORS as e:
         raise _classify(e, source) from e
-
-
-def read_image_file(
-    path: str,
-    *,
-    filesystem: fsspec.AbstractFileSystem | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft_size: int | None = None,
-    apply_exif: bool = True,
-) -> Image.Image:
-    """Read `path` (local, s3://, or any fsspec URL) and `decode_image` it; errors name the path."""
-    if filesystem is None:
-        filesystem, fs_path = fsspec.core.url_to_fs(path)
-    else:
-        fs_path = path
-    try:
-        data = filesystem.cat_file(fs_path)
-    except FileNotFoundError as e:
-        raise ImageError("missing", f"{path}: image file not found") from e
-    except IsADirectoryError as e:
-        raise ImageError("missing", f"{path}: is a directory, not an image file") from e
-    return decode_image(
-        data, source=path, max_pixels=max_pixels, draft_size=draft_size, apply_exif=apply_exif
-    )
 
 
 # ---------------------------------------------------------------- mode conversion

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import posixpath
 import tempfile
 from collections.abc import Iterator
@@ -54,6 +55,22 @@ def read_bytes(path: str) -> bytes:
 
 
 def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole file atomically: readers see the old content or the new, never a part (local files via
+    a temporary sibling and rename; an object-store PUT is atomic already)."""
+    if not is_remote(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.")
+        try:
+            os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the file from other users of a shared root
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return
     fs, inner = filesystem(path)
     parent = posixpath.dirname(inner)
     if parent:
@@ -73,6 +90,13 @@ def read_json(path: str) -> Any:
 def exists(path: str) -> bool:
     fs, inner = filesystem(path)
     return fs.exists(inner)
+
+
+def remove(path: str) -> None:
+    """Delete a file or folder (recursively) if it exists."""
+    fs, inner = filesystem(path)
+    if fs.exists(inner):
+        fs.rm(inner, recursive=True)
 
 
 def makedirs(path: str) -> None:

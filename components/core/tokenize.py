@@ -123,16 +123,40 @@ def expand_image_tokens(
     return ids[:max_length], labels[:max_length], truncated
 
 
+def special_token_texts(tok: Tokenizer) -> frozenset[str]:
+    """The strings the tokenizer turns into special tokens wherever they appear in text."""
+    found = getattr(tok, "special_token_texts", None)  # JsonTokenizer knows its own
+    if found is not None:
+        return frozenset(found)
+    texts = set(getattr(tok, "all_special_tokens", []) or [])
+    decoder = getattr(tok, "added_tokens_decoder", None) or {}
+    texts.update(t.content for t in decoder.values() if getattr(t, "special", False))
+    return frozenset(t for t in texts if t)
+
+
+def check_plain_text(text: str, specials: frozenset[str], where: str) -> None:
+    """RecordError("special_token_text") when `text` holds a special token's string: a literal `</s>` in an
+    answer would be tokenized as EOS (and supervised there), at train and eval time alike."""
+    for token in sorted(specials):
+        if token in text:
+            raise RecordError("special_token_text", f"{where} holds {token!r}, the text of a special token; "
+                              "it would be read as that token, not as text")
+
+
 def tokenize_samples(
     samples: list[Sample], tok: Tokenizer, *, template: TemplateName
 ) -> list[TokenizedSample | RecordError]:
     """Render and tokenize conversations in one batch (compact form: one `<image>` id each).
 
-    A sample that cannot be rendered comes back as its RecordError, in place.
+    A sample that cannot be rendered, or whose text holds a special token's string, comes back as its
+    RecordError, in place.
     """
+    specials = special_token_texts(tok) - {IMAGE_TOKEN}  # `<image>` has its own rules (parse_record)
     rendered: list[list[Segment] | RecordError] = []
     for s in samples:
         try:
+            for i, turn in enumerate(s.turns):
+                check_plain_text(turn.value, specials, f"{s.where}: conversations[{i}].value")
             rendered.append(render_segments(s, template))
         except RecordError as e:
             rendered.append(e)
@@ -185,7 +209,9 @@ def tokenize_sample(
 def tokenize_prompt(
     question: str, tok: Tokenizer, *, template: TemplateName, num_image_tokens: int, has_image: bool
 ) -> list[int]:
-    """Input ids of an inference prompt, built by the same segment code as training."""
+    """Input ids of an inference prompt, built by the same segment code as training. A question holding a
+    special token's string is a RecordError("special_token_text"), as the same text is at training."""
+    check_plain_text(question, special_token_texts(tok), "the question")
     segments = generation_segments(question, template, has_image=has_image)
     ((ids, labels),) = encode_many(tok, [segments])
     image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)

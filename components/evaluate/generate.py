@@ -21,7 +21,9 @@ import torch
 from PIL import Image
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
-from components.core.images import ImageError, blank_pixels, decode_image, pixel_values, read_image_file
+from components.core import datafiles
+from components.core.conversation import RecordError
+from components.core.images import REJECTION_REASONS, ImageError, blank_pixels, decode_image, pixel_values
 from components.core.templates import TemplateName
 from components.core.tokenize import tokenize_prompt
 
@@ -31,6 +33,15 @@ ImageMode = Literal["pad", "square"]
 
 class GenerationError(ValueError):
     """A prompt that cannot be generated for (unreadable image, prompt too long); names the item."""
+
+
+class QuestionRejected(ValueError):
+    """A question whose own data is unusable (image outside its root, not a file, corrupt; special-token
+    text): `reason` is a rejection reason, as in `prepare`, and the message names the question and file."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -128,20 +139,36 @@ class Generator:
                                num_image_tokens=self.num_image_tokens, has_image=has_image)
 
     def load_image(self, item: GenItem) -> Image.Image:
-        ref = item.image
         try:
-            if isinstance(ref, Image.Image):
-                return ref
-            if isinstance(ref, bytes):
-                return decode_image(ref, source=f"question {item.key} (embedded image)")
-            if isinstance(ref, str | Path):
-                path = str(ref)
-                if self.image_root is not None and not Path(path).is_absolute() and "://" not in path:
-                    path = f"{str(self.image_root).rstrip('/')}/{path}"
-                return read_image_file(path)
-        except ImageError as e:
+            return self._image(item, self.image_root)
+        except (ImageError, datafiles.DataFileError) as e:
             raise GenerationError(f"question {item.key}: {e}") from None
+
+    def _image(self, item: GenItem, root: str | Path | None) -> Image.Image:
+        ref = item.image
+        if isinstance(ref, Image.Image):
+            return ref
+        if isinstance(ref, bytes):
+            return decode_image(ref, source=f"question {item.key} (embedded image)")
+        if isinstance(ref, str | Path):
+            # A question file names its image: read it the guarded way, under its root when there is one.
+            path, data = (datafiles.read(datafiles.DataRoot(str(root)), str(ref)) if root is not None
+                          else (str(ref), datafiles.read_checked(str(ref))))
+            return decode_image(data, source=path)
         raise GenerationError(f"question {item.key}: no image to load (image is {type(ref).__name__})")
+
+    def prepare_item(self, item: GenItem, image_root: str | Path | None = None) -> GenItem:
+        """`item` with its image decoded (under `image_root`, else the generator's) and its prompt checked;
+        QuestionRejected when the question's own data is unusable, so that it costs only itself."""
+        try:
+            self.prompt_ids(item.prompt, item.image is not None)
+            if item.image is None:
+                return item
+            return GenItem(item.key, item.prompt, self._image(item, image_root or self.image_root))
+        except (RecordError, datafiles.DataFileError) as e:
+            raise QuestionRejected(e.reason, f"question {item.key}: {e}") from None
+        except ImageError as e:
+            raise QuestionRejected(REJECTION_REASONS[e.reason], f"question {item.key}: {e}") from None
 
     def _pixels(self, items: Sequence[GenItem]) -> torch.Tensor:
         if self.blank_images:

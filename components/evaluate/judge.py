@@ -1,24 +1,26 @@
-"""A small OpenAI-compatible chat client for the GPT-judged benchmarks (LLaVA-Bench, MM-Vet).
+"""The OpenAI-compatible chat client for the GPT-judged benchmarks (LLaVA-Bench, MM-Vet), on httpx2.
 
-Standard library only. Every call is bounded (per-request timeout, a fixed number of retries) and
-returns a `JudgeReply` that says whether it succeeded; callers count failures and never score them.
-Configured from `LLAVA_JUDGE_BASE_URL`, `LLAVA_JUDGE_MODEL`, `LLAVA_JUDGE_API_KEY` (optional for local
-servers), or explicitly with `JudgeConfig`.
+Every call is bounded (per-request timeout, a fixed number of retries, a capped reply size) and returns a
+`JudgeReply` that says whether it succeeded; callers count failures and never score them. Redirects are not
+followed, so the API key only ever goes to the configured host; an API key over plain http:// is refused
+unless the host is this machine. Configured from `LLAVA_JUDGE_BASE_URL`, `LLAVA_JUDGE_MODEL`,
+`LLAVA_JUDGE_API_KEY` (optional for local servers), or explicitly with `JudgeConfig`.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx2
+
+from components.core.redact import redact
 
 ENV_BASE_URL = "LLAVA_JUDGE_BASE_URL"
 ENV_MODEL = "LLAVA_JUDGE_MODEL"
@@ -41,10 +43,17 @@ class JudgeConfig:
     backoff_s: float = 1.0  # sleep before retry k is backoff_s * 2**k
     concurrency: int = 4  # parallel requests when scoring a benchmark
     max_failure_rate: float = 0.05  # above this fraction of failed items, no score is reported
+    max_response_bytes: int = 1024 * 1024  # a longer reply is a failure, not read to the end
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"judge base_url must start with http:// or https://, got {self.base_url!r}")
+            raise ValueError(f"judge base_url must start with http:// or https://, got {redact(self.base_url)!r}")
+        host = urlsplit(self.base_url).hostname or ""
+        if self.base_url.startswith("http://") and self.api_key and host not in _LOOPBACK:
+            raise ValueError(f"judge base_url {redact(self.base_url)} is plain http:// to {host} with an API key; "
+                             "use https:// (plain http carries the key only to this machine)")
+        if self.max_response_bytes < 1:
+            raise ValueError(f"judge max_response_bytes must be >= 1, got {self.max_response_bytes}")
         if not self.model:
             raise ValueError("judge model must be non-empty")
         if self.timeout_s <= 0 or self.max_retries < 0 or self.concurrency < 1:
@@ -54,8 +63,12 @@ class JudgeConfig:
 
     @property
     def endpoint(self) -> str:
-        url = self.base_url.rstrip("/")
-        return url if url.endswith("/chat/completions") else url + "/chat/completions"
+        """base_url with /chat/completions appended to its path (any query, e.g. ?key=, kept after it)."""
+        parts = urlsplit(self.base_url)
+        path = parts.path.rstrip("/")
+        if not path.endswith("/chat/completions"):
+            path += "/chat/completions"
+        return urlunsplit(parts._replace(path=path))
 
 
 @dataclass(frozen=True)
@@ -118,22 +131,23 @@ class HttpJudge:
 
     def __init__(self, config: JudgeConfig) -> None:
         self.config = config
-        host = urllib.parse.urlsplit(config.endpoint).hostname or ""
-        # Loopback servers (tests, local vLLM) must not be sent through an environment proxy.
-        handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK else []
-        self._opener = urllib.request.build_opener(*handlers)
+        self.where = redact(config.endpoint)  # what error messages and results files name
+        host = urlsplit(config.endpoint).hostname or ""
+        self._client = httpx2.Client(
+            timeout=httpx2.Timeout(config.timeout_s),
+            follow_redirects=False,  # a redirect would carry the Authorization header to wherever it points
+            trust_env=host not in _LOOPBACK,  # loopback servers (tests, local vLLM) never go through a proxy
+        )
 
     def chat(
         self, messages: Sequence[Mapping[str, str]], *, temperature: float, max_tokens: int
     ) -> JudgeReply:
-        body = json.dumps(
-            {
-                "model": self.config.model,
-                "messages": [dict(m) for m in messages],
-                "temperature": temperature,
-                "max_tokens": max_tokens,
-            }
-        ).encode()
+        body = {
+            "model": self.config.model,
+            "messages": [dict(m) for m in messages],
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+        }
         last = "no attempt made"
         for attempt in range(self.config.max_retries + 1):
             if attempt:
@@ -147,25 +161,26 @@ class HttpJudge:
                 return JudgeReply(ok=False, content=None, error=str(e), attempts=attempt + 1)
         return JudgeReply(ok=False, content=None, error=last, attempts=self.config.max_retries + 1)
 
-    def _post(self, body: bytes) -> tuple[str, str | None]:
-        headers = {"Content-Type": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        req = urllib.request.Request(self.config.endpoint, data=body, headers=headers, method="POST")
+    def _post(self, body: dict[str, Any]) -> tuple[str, str | None]:
+        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
         try:
-            with self._opener.open(req, timeout=self.config.timeout_s) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read()[:200].decode(errors="replace")
-            if e.code == 429 or e.code >= 500:
-                raise _Retryable(f"HTTP {e.code} from {self.config.endpoint}: {detail}") from None
-            raise _Fatal(f"HTTP {e.code} from {self.config.endpoint}: {detail}") from None
-        except TimeoutError:
-            raise _Retryable(f"timed out after {self.config.timeout_s}s ({self.config.endpoint})") from None
-        except urllib.error.URLError as e:
-            raise _Retryable(f"cannot reach {self.config.endpoint}: {e.reason}") from None
-        except (OSError, http.client.HTTPException) as e:  # reset or truncated mid-body
-            raise _Retryable(f"connection error with {self.config.endpoint}: {e}") from None
+            with self._client.stream("POST", self.config.endpoint, json=body, headers=headers) as resp:
+                raw = self._read_bounded(resp)
+        except httpx2.TimeoutException:
+            raise _Retryable(f"timed out after {self.config.timeout_s}s ({self.where})") from None
+        except httpx2.ConnectError as e:
+            raise _Retryable(f"cannot reach {self.where}: {redact(str(e))}") from None
+        except httpx2.TransportError as e:  # reset or truncated mid-body
+            raise _Retryable(f"connection error with {self.where}: {redact(str(e))}") from None
+        if resp.is_redirect:
+            target = urlsplit(resp.headers.get("location", "")).hostname or "elsewhere"
+            raise _Fatal(f"HTTP {resp.status_code} from {self.where}: redirected to {target}; redirects are not "
+                         "followed (the API key stays with the configured host): set base_url to the final URL")
+        if resp.status_code >= 400:
+            detail = redact(raw[:200].decode(errors="replace"))
+            if resp.status_code == 429 or resp.status_code >= 500:
+                raise _Retryable(f"HTTP {resp.status_code} from {self.where}: {detail}")
+            raise _Fatal(f"HTTP {resp.status_code} from {self.where}: {detail}")
         try:
             reply = json.loads(raw)
             content = reply["choices"][0]["message"]["content"]
@@ -175,6 +190,17 @@ class HttpJudge:
             raise _Retryable(f"malformed reply: content is {type(content).__name__}, not text")
         model = reply.get("model") if isinstance(reply, dict) else None
         return content, model if isinstance(model, str) else None
+
+    def _read_bounded(self, resp: httpx2.Response) -> bytes:
+        limit = self.config.max_response_bytes
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in resp.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise _Fatal(f"reply from {self.where} is over {limit:,} bytes; not read further")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def make_judge(judge: Judge | JudgeConfig | JudgeNotConfigured | None) -> Judge | JudgeNotConfigured:
@@ -191,7 +217,7 @@ def describe(judge: Judge) -> dict[str, Any]:
     cfg = judge.config
     return {
         "model": cfg.model,
-        "endpoint": cfg.endpoint,
+        "endpoint": redact(cfg.endpoint),
         "max_retries": cfg.max_retries,
         "timeout_s": cfg.timeout_s,
     }

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
+
 # ---------------------------------------------------------------- VQA answer normalisation (EvalAI)
 
 # The VQA evaluation's contraction table (data, as published with the VQA challenge evaluation).
@@ -191,7 +193,7 @@ def parse_mme_answer(text: str) -> str:
 def mme_subtask(pairs: Sequence[tuple[tuple[str, str], tuple[str, str]]]) -> dict[str, float]:
     """One MME subtask from its image pairs: each pair is two (ground truth, parsed prediction).
 
-    acc = fraction of questions right; acc+ = fraction of images with both right; score = 100(acc+acc+).
+    acc = fraction of questions right; acc+ = fraction of images with both right; score = acc·100 + acc+·100.
     """
     if not pairs:
         raise ValueError("no image pairs to score")
@@ -203,7 +205,9 @@ def mme_subtask(pairs: Sequence[tuple[tuple[str, str], tuple[str, str]]]) -> dic
     return {
         "acc": acc,
         "acc_plus": acc_plus,
-        "score": 100.0 * (acc + acc_plus),
+        # calculation.py's own arithmetic (acc*100 + acc_plus*100): 100*(acc+acc_plus) differs in the last
+        # bit for some counts (99.99999999999999 vs 100.0 for acc 4/6, acc+ 1/3), and so do the totals.
+        "score": acc * 100 + acc_plus * 100,
         "other_answers": other,
         "images": len(pairs),
     }
@@ -313,16 +317,20 @@ def parse_mmvet_score(content: str) -> float | None:
 
 
 def relative_scores(pairs: Sequence[tuple[float, float]]) -> dict[str, float]:
-    """summarize_gpt_review.py: relative = 100 * mean(candidate) / mean(reference); the 1-10 means are
-    also reported on a 0-100 scale (x10)."""
+    """summarize_gpt_review.py: the mean (reference, candidate) scores, each rounded to 3 decimals; then
+    relative = round(candidate / reference * 100, 1) and the 1-10 means on a 0-100 scale (x10, 1 decimal).
+
+    The rounding order is the reference's: rounding only the final ratio gives e.g. 55.6 where it prints
+    55.5 (means 6 and 10/3).
+    """
     if not pairs:
         raise ValueError("no judged pairs")
-    ref = sum(p[0] for p in pairs) / len(pairs)
-    cand = sum(p[1] for p in pairs) / len(pairs)
+    # numpy's mean over the pairs, as the reference computes it, so even the last bit agrees.
+    ref, cand = (round(x, 3) for x in np.asarray(pairs, dtype=np.float64).mean(0).tolist())
     return {
-        "relative": 100.0 * cand / ref if ref else 0.0,
-        "reference": 10.0 * ref,
-        "candidate": 10.0 * cand,
+        "relative": round(cand / ref * 100, 1) if ref else 0.0,
+        "reference": round(ref * 10, 1),
+        "candidate": round(cand * 10, 1),
         "n": len(pairs),
     }
 

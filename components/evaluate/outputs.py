@@ -107,7 +107,8 @@ def write_category_table(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def write_chart(path: Path, result: Mapping[str, Any]) -> None:
-    """Bar chart: our headline value next to the paper's LLaVA-1.5 7B and 13B numbers."""
+    """Bar chart: our headline value next to the paper's LLaVA-1.5 7B and 13B numbers (on the real benchmark's
+    data only: a result on synthetic data has none, and its title says so)."""
     # The Figure API draws with Agg directly: no pyplot, no global backend switch in a shared process.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -127,6 +128,8 @@ def write_chart(path: Path, result: Mapping[str, Any]) -> None:
     unit = result.get("unit", "")
     ax.set_ylabel(f"{result.get('metric', 'value')} ({unit})" if unit else str(result.get("metric")))
     title = f"{result.get('benchmark')}"
+    if result.get("data") == "synthetic":
+        title += " (synthetic data: not comparable with the paper)"
     if result.get("value") is None:
         title += f" — no score ({result.get('status', 'skipped')})"
     ax.set_title(title, fontsize=10)

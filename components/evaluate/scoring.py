@@ -128,6 +128,8 @@ def _paper(result: Mapping[str, Any], size: str) -> str:
 def _headline(r: Mapping[str, Any]) -> str:
     unit = " %" if r.get("unit") == "%" else f" {r.get('unit', '')}".rstrip()
     value = f"{_fmt(r.get('value'))}{unit if r.get('value') is not None else ''}"
+    if r.get("data") == "synthetic":
+        return f"{r['benchmark']}  {r['metric']} = {value}   (synthetic benchmark data: not comparable with the paper)"
     return f"{r['benchmark']}  {r['metric']} = {value}   (paper 7B {_paper(r, '7b')}, 13B {_paper(r, '13b')})"
 
 

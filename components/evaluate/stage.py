@@ -1,12 +1,11 @@
-"""The evaluate stage: benchmark questions -> Ray Data actors generating answers -> score -> files.
+"""The evaluate stage: benchmark questions -> answers from a generation pool (pool.py) -> score -> files.
 
-Ray sits at the edge: `GeneratorActor` wraps the pure `Generator`, one model per actor (one GPU each on
-a GPU cluster); `run_benchmarks` feeds several benchmarks through one pool, so each actor loads the
-model once. Rows are fed sorted by modality and prompt length (less padding; image and text-only
-prompts rarely share a batch, and `Generator.answer` splits any that do), and results come back in
-whatever order actors finish. Answers are therefore keyed by question_id and re-sorted into
-question-file order before anything is written or scored: POPE zips answers with label lines and MME
-pairs consecutive answers, so order is part of the metric.
+`run_benchmarks` feeds several benchmarks through one pool, so each replica loads the model once; the
+pipeline passes the run's warm pool, so every benchmark job reuses it. Rows are fed sorted by modality and
+prompt length (less padding; image and text-only prompts rarely share a batch, and `Generator.answer` splits
+any that do), and results come back in whatever order replicas finish. Answers are therefore keyed by
+question_id and re-sorted into question-file order before anything is written or scored: POPE zips answers
+with label lines and MME pairs consecutive answers, so order is part of the metric.
 
 Writes under `out_dir/<benchmark>/`: answers.jsonl (the reference's answer format), samples.jsonl,
 metrics.json, categories.csv, chart.png and, for server-scored benchmarks, upload/<benchmark>.<ext>.
@@ -16,17 +15,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from components.core.templates import TemplateName
 from components.evaluate.benchmarks import Benchmark, Question, get_benchmark
-from components.evaluate.generate import GenerationError, Generator, GenItem, compare_answers
+from components.evaluate.generate import compare_answers
 from components.evaluate.judge import Judge, JudgeConfig, JudgeNotConfigured, make_judge
 from components.evaluate.outputs import (
     category_rows,
@@ -35,87 +32,10 @@ from components.evaluate.outputs import (
     write_category_table,
     write_chart,
 )
+from components.evaluate.pool import GenerationPool, PoolSpec, generate_in_process
 from components.tracking import MlflowTarget
 
 _UPLOAD_EXT = {"mmbench": "tsv", "mmbench_cn": "tsv"}  # the rest upload JSON
-
-
-class GeneratorActor:
-    """Ray Data callable class: a batch of question rows -> {bench, question_id, text, single, gen_s, error}.
-
-    Rows may come from several benchmarks: they carry their own max_new_tokens and image location.
-    Rows flagged `parity` are also answered alone (batch 1, as the reference) into `single`. A batch
-    with an unreadable image comes back with `error` set (the message names the question and file).
-    """
-
-    def __init__(
-        self,
-        model_dir: str,
-        *,
-        template: TemplateName,
-        batch_size: int,
-        use_gpu: bool,
-        dtype: str = "auto",
-        cpus: float = 1.0,
-        blank_images: bool = False,
-        delay_first_batch_s: float = 0.0,
-    ) -> None:
-        if not use_gpu:
-            # Match torch's intra-op threads to the CPUs Ray reserved: more threads than cores spin
-            # against each other and slow tiny matmuls down many times over.
-            torch.set_num_threads(max(1, round(cpus)))
-        self.generator = Generator.from_dir(
-            model_dir, device="cuda" if use_gpu else "cpu", dtype=dtype, template=template, image_mode="pad",
-            blank_images=blank_images,
-        )
-        self.batch_size = batch_size
-        self.delay_first_batch_s = delay_first_batch_s
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keys = [str(k) for k in batch["question_id"]]
-        items = [
-            GenItem(k, str(p), _image_ref(path, data))
-            for k, p, path, data in zip(keys, batch["prompt"], batch["image_path"], batch["image_bytes"],
-                                        strict=True)
-        ]
-        limits = [int(x) for x in batch["max_new_tokens"]]
-        texts: list[str] = [""] * len(items)
-        single: list[str | None] = [None] * len(items)
-        error = ""
-        start = time.perf_counter()
-        try:
-            for limit in sorted(set(limits)):
-                idx = [i for i, m in enumerate(limits) if m == limit]
-                answers = self.generator.answer([items[i] for i in idx], batch_size=self.batch_size,
-                                                max_new_tokens=limit)
-                for i, text in zip(idx, answers, strict=True):
-                    texts[i] = text
-            elapsed = time.perf_counter() - start
-            single = [
-                self.generator.generate_batch([it], limit)[0] if flag else None
-                for it, limit, flag in zip(items, limits, batch["parity"], strict=True)
-            ]
-        except GenerationError as e:
-            # Returned, not raised: Ray Data's UserCodeException would drop this message on its way back.
-            error, elapsed = str(e), time.perf_counter() - start
-        if self.delay_first_batch_s and int(np.min(batch["feed"])) == 0:
-            time.sleep(self.delay_first_batch_s)  # test knob: the first batch finishes last
-        return {
-            "bench": batch["bench"],
-            "question_id": np.array(keys, dtype=object),
-            "text": np.array(texts, dtype=object),
-            "single": np.array(single, dtype=object),
-            "gen_s": np.full(len(keys), elapsed / max(1, len(keys))),
-            "error": np.array([error] * len(keys), dtype=object),
-        }
-
-
-def _image_ref(path: Any, data: Any) -> str | bytes | None:
-    if isinstance(data, bytes | bytearray | memoryview) and len(data):
-        return bytes(data)
-    if isinstance(path, str) and path:
-        return path
-    return None
 
 
 @dataclass
@@ -144,113 +64,15 @@ def _question_rows(jobs: Sequence[_Job]) -> list[dict[str, Any]]:
             "question_id": q.question_id,
             "feed": i,
             "prompt": q.prompt,
-            "image_path": f"{job.root}/{q.image}" if isinstance(q.image, str) else None,
+            # The name as the question file gives it; the actor reads it only from under the benchmark folder.
+            "image_path": q.image if isinstance(q.image, str) else None,
+            "image_root": str(job.root) if isinstance(q.image, str) else None,
             "image_bytes": q.image if isinstance(q.image, bytes) else None,
             "max_new_tokens": job.max_new_tokens,
             "parity": q.question_id in job.parity_ids,
         }
         for i, (job, q) in enumerate(flat)
     ]
-
-
-def generate_with_ray(
-    rows: list[dict[str, Any]],
-    *,
-    model_dir: str,
-    template: TemplateName,
-    batch_size: int,
-    num_actors: int,
-    use_gpu: bool,
-    cpus_per_actor: float = 1.0,
-    dtype: str = "auto",
-    blank_images: bool = False,
-    delay_first_batch_s: float = 0.0,
-) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
-    """(bench, question_id) -> {text, single, gen_s} for `rows`, from `num_actors` GeneratorActors; plus
-    timing of the pass. Results arrive in completion order; callers re-sort."""
-    import ray
-
-    if batch_size < 1 or num_actors < 1:
-        raise ValueError(f"batch_size and num_actors must be >= 1, got {batch_size} and {num_actors}")
-    start = time.perf_counter()
-    ds = ray.data.from_items(rows).map_batches(
-        GeneratorActor,
-        batch_size=batch_size,  # an int: Ray Data requires one when num_gpus is set
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=cpus_per_actor,
-        fn_constructor_kwargs={
-            "model_dir": model_dir,
-            "template": template,
-            "batch_size": batch_size,
-            "use_gpu": use_gpu,
-            "dtype": dtype,
-            "cpus": cpus_per_actor,
-            "blank_images": blank_images,
-            "delay_first_batch_s": delay_first_batch_s,
-        },
-    )
-    # Completion order (callers re-sort): an order-preserving setting left in this process's DataContext
-    # (prepare sets one) would make the pool hand back batches one actor at a time.
-    ds.context.execution_options.preserve_order = False
-    results: dict[tuple[str, str], dict[str, Any]] = {}
-    arrival: list[tuple[str, str]] = []
-    errors: dict[str, None] = {}
-    for row in ds.iter_rows():
-        if row["error"]:
-            errors[f"{row['bench']}: {row['error']}"] = None
-            continue
-        key = (str(row["bench"]), str(row["question_id"]))
-        if key in results:
-            raise RuntimeError(f"{key[0]} question {key[1]} was answered twice by the actor pool")
-        results[key] = {"text": str(row["text"]), "single": row["single"], "gen_s": float(row["gen_s"])}
-        arrival.append(key)
-    if errors:
-        listed = list(errors)
-        raise GenerationError(f"{len(listed)} batch(es) could not be generated: " + "; ".join(listed[:5]))
-    wall = time.perf_counter() - start
-    feed_pos = {(r["bench"], str(r["question_id"])): r["feed"] for r in rows}
-    positions = [feed_pos[k] for k in arrival]
-    stats = {
-        "pass_wall_s": wall,  # actor start-up and model loading included
-        "pass_samples_per_s": len(results) / wall if wall > 0 else None,
-        "pass_questions": len(results),
-        "out_of_order_arrivals": sum(1 for a, b in zip(positions, positions[1:], strict=False) if b < a),
-    }
-    return results, stats
-
-
-def generate_in_process(
-    rows: list[dict[str, Any]],
-    *,
-    model_dir: str,
-    template: TemplateName,
-    batch_size: int,
-    dtype: str = "auto",
-    cpus: float = 1.0,
-    blank_images: bool = False,
-) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
-    """`generate_with_ray` without Ray: one GeneratorActor in this process, on CPU (for callers that already
-    hold the CPUs and have torch loaded, such as a sweep trial, where an actor pool would cost more to start
-    than the answers take)."""
-    start = time.perf_counter()
-    actor = GeneratorActor(model_dir, template=template, batch_size=batch_size, use_gpu=False, dtype=dtype,
-                           cpus=cpus, blank_images=blank_images)
-    results: dict[tuple[str, str], dict[str, Any]] = {}
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        batch = {k: np.array([r[k] for r in chunk], dtype=object) for k in chunk[0]}
-        batch["feed"] = np.array([r["feed"] for r in chunk], dtype=np.int64)
-        out = actor(batch)
-        errors = sorted({str(e) for e in out["error"] if e})
-        if errors:
-            raise GenerationError(f"{len(errors)} batch(es) could not be generated: " + "; ".join(errors[:5]))
-        for bench, qid, text, single, gen_s in zip(out["bench"], out["question_id"], out["text"], out["single"],
-                                                   out["gen_s"], strict=True):
-            results[(str(bench), str(qid))] = {"text": str(text), "single": single, "gen_s": float(gen_s)}
-    wall = time.perf_counter() - start
-    return results, {"pass_wall_s": wall, "pass_samples_per_s": len(results) / wall if wall > 0 else None,
-                     "pass_questions": len(results), "out_of_order_arrivals": 0}
 
 
 def _spread(questions: Sequence[Question], k: int) -> list[Question]:
@@ -300,9 +122,12 @@ def _finish(
 ) -> dict[str, Any]:
     """Score one benchmark's answers and write its files (answers re-sorted into question-file order)."""
     bench, out = job.bench, job.out
-    # A question the pool returned nothing for is scored as missing (counted in n_missing), not a crash.
-    mine = {q.question_id: results[(bench.name, q.question_id)] for q in job.questions
-            if (bench.name, q.question_id) in results}
+    # A question the pool returned nothing for, or rejected, is scored as missing (counted in n_missing).
+    returned = {q.question_id: results[(bench.name, q.question_id)] for q in job.questions
+                if (bench.name, q.question_id) in results}
+    rejected = [{"question_id": q.question_id, "index": q.index, **returned[q.question_id]["rejected"]}
+                for q in job.questions if "rejected" in returned.get(q.question_id, {})]
+    mine = {k: r for k, r in returned.items() if "rejected" not in r}
     answers = {k: r["text"] for k, r in mine.items()}
     gen_s = sum(r["gen_s"] for r in mine.values())
     timing = {
@@ -316,7 +141,12 @@ def _finish(
     samples = result.pop("samples", [])
 
     out.mkdir(parents=True, exist_ok=True)
-    files = {"answers": str(out / "answers.jsonl")}
+    files = {"answers": str(out / "answers.jsonl"), "rejected": str(out / "rejected.jsonl")}
+    # As in prepare: every question that was not asked, and why (an empty file when none was).
+    (out / "rejected.jsonl").write_text(
+        "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rejected), encoding="utf-8")
+    result["n_rejected"] = len(rejected)
+    result["rejected_by_reason"] = dict(sorted(Counter(r["reason"] for r in rejected).items()))
     write_answers(out / "answers.jsonl", bench, job.questions, answers, extra["model_id"])
     if samples:
         files["samples"] = str(out / "samples.jsonl")
@@ -348,7 +178,7 @@ def _finish(
     if mlflow is not None:
         mlflow.log_metrics(mlflow_metrics(result))
         mlflow.set_tags({f"eval.{bench.name}.status": result.get("status", "ok")})
-        for key in ("answers", "table", "chart", "metrics"):
+        for key in ("answers", "rejected", "table", "chart", "metrics"):
             mlflow.log_artifact(files[key], f"eval/{bench.name}")
     return result
 
@@ -375,10 +205,12 @@ def run_benchmarks(
     blank_images: bool = False,
     delay_first_batch_s: float = 0.0,
     in_process: bool = False,
+    pool: GenerationPool | None = None,
 ) -> list[dict[str, Any]]:
-    """`run_benchmark` for several benchmarks with one actor pool: each actor loads the model once and
-    answers every benchmark's questions. Returns one result per name, in the order given. `in_process`
-    (CPU only) answers in this process instead of an actor pool (`generate_in_process`)."""
+    """`run_benchmark` for several benchmarks with one generation pool: each replica loads the model once and
+    answers every benchmark's questions. Returns one result per name, in the order given. `pool`: a running
+    pool to use (the run's warm pool; its own model and generation settings then apply), else one is started
+    for this call. `in_process` (CPU only) answers in this process instead (`generate_in_process`)."""
     if batch_size < 1 or num_actors < 1:
         raise ValueError(f"batch_size and num_actors must be >= 1, got {batch_size} and {num_actors}")
     if limit is not None and limit < 1:
@@ -405,16 +237,20 @@ def run_benchmarks(
     pass_stats: dict[str, Any] = {}
     if todo and in_process:
         if use_gpu:
-            raise ValueError("in_process generation runs on CPU; use the actor pool (in_process=False) for GPUs")
+            raise ValueError("in_process generation runs on CPU; use a generation pool (in_process=False) for GPUs")
         results, pass_stats = generate_in_process(
             _question_rows(todo), model_dir=str(model_dir), template=template, batch_size=batch_size, dtype=dtype,
             cpus=cpus_per_actor, blank_images=blank_images)
     elif todo:
-        results, pass_stats = generate_with_ray(
-            _question_rows(todo), model_dir=str(model_dir), template=template, batch_size=batch_size,
-            num_actors=num_actors, use_gpu=use_gpu, cpus_per_actor=cpus_per_actor, dtype=dtype,
-            blank_images=blank_images, delay_first_batch_s=delay_first_batch_s,
-        )
+        own = pool is None  # no run-wide pool: one for this call only
+        spec = PoolSpec(str(model_dir), template, batch_size, num_actors, use_gpu, cpus_per_actor, dtype,
+                        delay_first_batch_s)
+        active = GenerationPool(spec) if pool is None else pool
+        try:
+            results, pass_stats = active.generate(_question_rows(todo), blank_images=blank_images)
+        finally:
+            if own:
+                active.close()
     extra = {
         "model_dir": str(model_dir),
         "model_id": model_id or Path(str(model_dir).rstrip("/")).name,

@@ -1,12 +1,9 @@
 """Write a finetuned model as a plain transformers `LlavaForConditionalGeneration` directory.
 
 The directory holds safetensors weights, config.json, generation_config.json (greedy, as every v1.5 eval
-script), the tokenizer, and a `LlavaProcessor` whose image processor pads to a square with the CLIP-mean
-colour before the shortest-edge resize and centre crop (transformers' own LLaVA image processor has
-`do_pad` for exactly this; CLIPImageProcessor has none), plus the vicuna_v1 chat template. The processor's
-patch_size, vision_feature_select_strategy and num_additional_image_tokens make it expand `<image>` to the
-model's image token count. Everything loads with `AutoProcessor` / `LlavaForConditionalGeneration`
-without trust_remote_code.
+script), the tokenizer, and the `LlavaProcessor` of `components.models.processor` in pad mode (a square
+with the CLIP-mean colour before the shortest-edge resize and centre crop), plus the vicuna_v1 chat
+template. Everything loads with `AutoProcessor` / `LlavaForConditionalGeneration` without trust_remote_code.
 """
 
 from __future__ import annotations
@@ -15,20 +12,13 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from transformers import (
-    AutoConfig,
-    LlavaForConditionalGeneration,
-    LlavaImageProcessorPil,
-    LlavaProcessor,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoConfig, LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
 from components.core.config import PipelineConfig
-from components.core.images import CLIP_MEAN, CLIP_STD
 from components.core.templates import TemplateName
-from components.evaluate.generate import model_image_settings
 from components.export.chat_template import chat_template
 from components.models.connectors import HF_NATIVE, is_hf_native
+from components.models.processor import build_processor
 from components.models.remote import localize
 
 GREEDY_MAX_NEW_TOKENS = 128  # model_vqa_loader's default (reference §5.1)
@@ -63,43 +53,6 @@ def check_connector(spec: str, cfg: PipelineConfig) -> bool:
             f"(the export then records mm_projector_type={spec!r} and must be loaded with {CUSTOM_LOADER})"
         )
     return True
-
-
-def build_processor(
-    model: LlavaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase, template: TemplateName
-) -> LlavaProcessor:
-    """A LlavaProcessor that reproduces our evaluation inputs (pad mode) for this model."""
-    size, n_tokens = model_image_settings(model)
-    vc = model.config.vision_config
-    image_processor = LlavaImageProcessorPil(
-        do_pad=True,  # pad-to-square with tuple(int(255 * m) for m in image_mean) = PAD_COLOR
-        do_resize=True,
-        size={"shortest_edge": size},
-        do_center_crop=True,
-        crop_size={"height": size, "width": size},
-        do_rescale=True,
-        do_normalize=True,
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
-        do_convert_rgb=True,
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=int(vc.patch_size),
-        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-        # The CLIP tower emits a CLS token besides the patches; the processor drops it again for "default".
-        num_additional_image_tokens=1,
-        chat_template=chat_template(template),
-    )
-    expands_to = (size // processor.patch_size) ** 2 + processor.num_additional_image_tokens
-    expands_to -= 1 if processor.vision_feature_select_strategy == "default" else 0
-    if expands_to != n_tokens or getattr(model.config, "image_seq_length", n_tokens) != n_tokens:
-        raise ExportError(
-            f"export: the processor would expand <image> to {expands_to} tokens, the model takes {n_tokens} "
-            f"(config.image_seq_length={getattr(model.config, 'image_seq_length', None)})"
-        )
-    return processor
 
 
 def greedy_generation_config(model: LlavaForConditionalGeneration, tokenizer: PreTrainedTokenizerBase) -> Any:
@@ -181,7 +134,10 @@ def write_model_dir(
     tok = copy.deepcopy(tokenizer)  # the caller's tokenizer keeps its training padding side
     tok.padding_side = "left"  # batched generation needs every prompt to end in the last column
     tok.init_kwargs["padding_side"] = "left"  # save_pretrained writes init_kwargs, not the attribute
-    processor = build_processor(model, tok, template)
+    try:  # pad: what training did to the images (finetune image_mode) and what evaluation does
+        processor = build_processor(model, tok, "pad", chat_template(template))
+    except ValueError as e:
+        raise ExportError(f"export: {e}") from None
     model.generation_config = greedy_generation_config(model, tok)
     model.save_pretrained(str(out), max_shard_size="5GB")  # safetensors
     processor.save_pretrained(str(out))  # tokenizer files, processor_config.json, chat_template.jinja

@@ -57,14 +57,46 @@ def eval_tags(results: dict[str, dict[str, Any]]) -> dict[str, str]:
     return tags
 
 
+def save_pyfunc(local_dir: str, dest: str) -> None:
+    """An MLflow pyfunc model at `dest` wrapping the exported folder (see pyfunc_model.py): loadable and servable
+    by MLflow itself. Requirements are given, not inferred (inference would load the model in a subprocess)."""
+    import importlib.metadata as md
+
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from components.export import pyfunc_model
+
+    requirements = [f"{pkg}=={md.version(pkg)}" for pkg in ("mlflow", "torch", "transformers", "pillow", "pandas")]
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "question"), ColSpec("binary", "image", required=False)]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", 0)]))  # 0: the model's generation config
+    mlflow.pyfunc.save_model(dest, python_model=pyfunc_model.__file__, artifacts={"model_dir": local_dir},
+                             pip_requirements=requirements, signature=signature)
+
+
 def register_model(
-    target: MlflowTarget, *, name: str, local_dir: str, tags: dict[str, str], description: str
+    target: MlflowTarget, *, name: str, local_dir: str, tags: dict[str, str], description: str,
+    as_pyfunc: bool = True,
 ) -> int:
-    """Log `local_dir` to the run and register it as a new version of model `name`; returns the version."""
+    """Log `local_dir` to the run and register it as a new version of model `name`; returns the version.
+
+    `as_pyfunc`: logged as an MLflow pyfunc model (MLmodel + the folder as its artifact), so
+    `mlflow.pyfunc.load_model("models:/NAME/N")` answers questions; otherwise (a connector plain transformers
+    cannot load) the plain folder."""
+    import tempfile
+
     from mlflow.exceptions import MlflowException
 
     client = target.client()
-    client.log_artifacts(target.run_id, local_dir, ARTIFACT_PATH)
+    if as_pyfunc:
+        with tempfile.TemporaryDirectory(prefix="llava-pyfunc-") as tmp:
+            save_pyfunc(local_dir, f"{tmp}/{ARTIFACT_PATH}")
+            client.log_artifacts(target.run_id, f"{tmp}/{ARTIFACT_PATH}", ARTIFACT_PATH)
+    else:
+        client.log_artifacts(target.run_id, local_dir, ARTIFACT_PATH)
     try:
         client.create_registered_model(name, description="LLaVA-1.5-style models exported by llava-pipeline")
     except MlflowException as e:

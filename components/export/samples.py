@@ -19,8 +19,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from components.core import storage
-from components.core.images import ImageError, decode_image, read_image_file
+from components.core import datafiles, storage
+from components.core.images import ImageError, decode_image
 from components.evaluate.benchmarks import BenchmarkDataError, get_benchmark
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ def _from_benchmark(name: str, eval_root: str, k: int) -> list[ParityItem]:
         if isinstance(q.image, bytes):
             image = decode_image(q.image, source=f"{bench.name} question {q.question_id}")
         elif isinstance(q.image, str):
-            image = read_image_file(str(root / q.image))
+            path, data = datafiles.read(datafiles.DataRoot(str(root)), q.image)
+            image = decode_image(data, source=path)
         items.append(ParityItem(f"{bench.name}:{q.question_id}", q.prompt, image, bench.name))
     return items
 

@@ -142,6 +142,7 @@ def run_export_stage(
                 "export_path": summary["model"],
             }
             version = register_model(mlflow, name=name, local_dir=str(local / "model"), tags=version_tags,
+                                     as_pyfunc=not custom,
                                      description=f"Exported from {model_dir} by pipeline {cfg.name} "
                                                  f"(fingerprint {pipeline_fingerprint}).")
             log.info("export: registered %s version %s", name, version)

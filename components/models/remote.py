@@ -10,7 +10,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from components.core.storage import filesystem, is_remote
 
@@ -21,6 +21,15 @@ def cache_root() -> Path:
     """Where remote checkpoints are copied; `$LLAVA_PIPELINE_CACHE` or ~/.cache/llava-pipeline."""
     root = os.environ.get(CACHE_ENV)
     return Path(root) if root else Path.home() / ".cache" / "llava-pipeline"
+
+
+def _inside(folder: Path, rel: str, what: str) -> Path:
+    """folder/rel, refused unless it stays inside `folder`: an object key is someone else's text, and a key
+    with "../" (S3 allows them) must not write outside the cache."""
+    parts = PurePosixPath(rel).parts
+    if not parts or rel.startswith("/") or any(p in ("..", ".") for p in parts):
+        raise ValueError(f"{what} does not name a file inside the checkpoint folder; refusing to copy it")
+    return folder.joinpath(*parts)
 
 
 def localize(name_or_path: str) -> str:
@@ -53,8 +62,8 @@ def localize(name_or_path: str) -> str:
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
     try:
         for path in files:
-            rel = path[len(prefix) :] if path.startswith(prefix) else Path(path).name
-            dest = staging / rel
+            dest = _inside(staging, path[len(prefix) :] if path.startswith(prefix) else Path(path).name,
+                           f"{name_or_path}: key {path!r}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(path, str(dest))
         try:

@@ -24,6 +24,8 @@ class JsonTokenizer:
 
     def __init__(self, backend: object, bos_token: str | None, eos_token: str | None, unk_token: str | None) -> None:
         self.backend = backend
+        self.special_token_texts = frozenset(
+            t.content for t in backend.get_added_tokens_decoder().values() if t.special)
         # transformers encodes without truncation or padding unless asked.
         backend.no_truncation()
         backend.no_padding()

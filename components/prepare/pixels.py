@@ -12,16 +12,18 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from components.core import images
-from components.core.storage import read_bytes
+from components.core import datafiles, images
 
 
 def load_pixels(uri: str, mode: Literal["pad", "square"], size: int,
                 max_pixels: int = images.DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """uint8 (3, size, size) pixels of one image; zeros for a text-only sample (uri "")."""
+    """uint8 (3, size, size) pixels of one image; zeros for a text-only sample (uri "").
+
+    `uri` is the path `prepare` resolved and checked under its root; it is read the same guarded way.
+    """
     if not uri:
         return np.zeros((3, size, size), np.uint8)
-    img = images.decode_image(read_bytes(uri), source=uri, max_pixels=max_pixels, draft_size=size)
+    img = images.decode_image(datafiles.read_checked(uri), source=uri, max_pixels=max_pixels, draft_size=size)
     return images.transform_image(img, mode, size)
 
 

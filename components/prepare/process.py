@@ -8,13 +8,12 @@ either as a kept row or as a rejected row with its reason.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
 
-from components.core import images
+from components.core import datafiles, images
 from components.core.conversation import (
     IMAGE_TOKEN,
     RecordError,
@@ -23,23 +22,15 @@ from components.core.conversation import (
     parse_record,
     word_length,
 )
-from components.core.storage import join, read_bytes
 from components.core.templates import TemplateName
 from components.core.tokenize import TokenizedSample, Tokenizer, fit_sample, tokenize_samples
 
-from .records import RawRecord
+from .records import DEFAULT_MAX_LINE_BYTES, RawRecord
 
 # Decoding at a small draft size still reads the whole JPEG stream (so truncation is caught) but
 # skips most of the IDCT work.
 CHECK_DRAFT_SIZE = 64
 
-IMAGE_REASONS = {
-    "missing": "missing_image",
-    "corrupt": "corrupt_image",
-    "truncated": "truncated_image",
-    "too_large": "image_too_large",
-    "unsupported": "unsupported_image",
-}
 
 KEPT_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -73,38 +64,64 @@ class PrepareSettings:
     max_length: int
     over_length: Literal["truncate", "reject"] = "truncate"
     max_image_pixels: int = 178_956_970
-    check_images: bool = True
+    max_image_bytes: int = datafiles.DEFAULT_MAX_BYTES
+    max_image_side: int = 8192
+    max_aspect_ratio: float = 20.0
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    duplicate_ids: Literal["keep", "reject"] = "keep"
+    max_rejected_fraction: float = 0.5
 
 
 @dataclass(frozen=True)
 class SourceInfo:
     name: str
     file: str
-    image_root: str | None
+    image_root: str  # the folder (or URL) every image of the source must resolve under
+    allow_absolute: bool = False  # a trusted source: absolute image paths and URLs are read as given
 
 
-def image_uri(image_root: str | None, image: str) -> str:
-    return join(image_root, image) if image_root else image
+def check_image(src: SourceInfo, image: str, settings: PrepareSettings) -> tuple[str, int, int]:
+    """(resolved path, width, height) of an image that is safe to read and decodes, and that training can
+    square and resize without blowing up; DataFileError or ImageError otherwise."""
+    where = datafiles.DataRoot(src.image_root, allow_absolute=src.allow_absolute, max_bytes=settings.max_image_bytes)
+    path, data = datafiles.read(where, image)
+    width, height = images.check_image_bytes(data, source=path, max_pixels=settings.max_image_pixels,
+                                             draft_size=CHECK_DRAFT_SIZE)
+    if max(width, height) > settings.max_aspect_ratio * min(width, height):
+        raise ImageAspectError(f"{path}: image is {width}×{height}, an aspect ratio over "
+                               f"{settings.max_aspect_ratio:g} (prepare.max_aspect_ratio)")
+    if max(width, height) > settings.max_image_side:
+        raise images.ImageError("too_large", f"{path}: image is {width}×{height}, its longest side is over the "
+                                f"limit of {settings.max_image_side} (prepare.max_image_side)")
+    return path, width, height
 
 
-def check_image(uri: str, max_pixels: int, read: Callable[[str], bytes] = read_bytes) -> tuple[int, int]:
-    """(width, height) of an image that exists and decodes; ImageError otherwise."""
-    try:
-        data = read(uri)
-    except FileNotFoundError:
-        raise images.ImageError("missing", f"image {uri} does not exist") from None
-    return images.check_image_bytes(data, source=uri, max_pixels=max_pixels, draft_size=CHECK_DRAFT_SIZE)
+class ImageAspectError(ValueError):
+    """An image too thin to square (training pads it to its longest side)."""
 
 
 def _record_id(raw: RawRecord) -> str:
     rid = raw.record.get("id") if isinstance(raw.record, dict) else None
-    return str(rid) if rid is not None else ""
+    return str(rid) if isinstance(rid, str | int) and not isinstance(rid, bool) else ""
+
+
+def _where(raw: RawRecord, src: SourceInfo) -> str:
+    rid = _record_id(raw)
+    return f"{src.file} record {raw.index}" + (f" (id {rid!r})" if rid else "")
+
+
+def _unexpected(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}"
 
 
 def process_records(
     raws: list[RawRecord], sources: dict[str, SourceInfo], tok: Tokenizer, settings: PrepareSettings
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(kept rows, rejected rows) for a batch of raw records; every record lands in exactly one."""
+    """(kept rows, rejected rows) for a batch of raw records; every record lands in exactly one.
+
+    Any exception while processing a record is that record's rejection (`unexpected_error`, with the
+    exception's type and message); the stage's rejected-fraction limit catches a bug that rejects them all.
+    """
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
 
@@ -120,23 +137,45 @@ def process_records(
             continue
         try:
             sample = parse_record(raw.record, source=sources[raw.source].file, index=raw.index)
+            samples.append((raw, normalize_image_token(sample)))
         except RecordError as e:
             reject(raw, e.reason, str(e))
-            continue
-        samples.append((raw, normalize_image_token(sample)))
+        except Exception as e:  # noqa: BLE001 - one record must not fail the stage
+            reject(raw, "unexpected_error", f"{_where(raw, sources[raw.source])}: {_unexpected(e)}")
 
-    tokenized = tokenize_samples([s for _, s in samples], tok, template=settings.template)
     image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
-    for (raw, sample), compact in zip(samples, tokenized, strict=True):
+    for (raw, sample), compact in zip(samples, _tokenized(samples, tok, settings), strict=True):
         try:
-            if isinstance(compact, RecordError):
+            if isinstance(compact, Exception):
                 raise compact
             kept.append(_kept_row(raw, sample, compact, sources[raw.source], settings, image_id))
         except RecordError as e:
             reject(raw, e.reason, str(e))
+        except datafiles.DataFileError as e:
+            reject(raw, e.reason, f"{sample.where}: field 'image': {e}")
         except images.ImageError as e:
-            reject(raw, IMAGE_REASONS[e.reason], f"{sample.where}: field 'image': {e}")
+            reject(raw, images.REJECTION_REASONS[e.reason], f"{sample.where}: field 'image': {e}")
+        except ImageAspectError as e:
+            reject(raw, "image_aspect_ratio", f"{sample.where}: field 'image': {e}")
+        except Exception as e:  # noqa: BLE001 - one record must not fail the stage
+            reject(raw, "unexpected_error", f"{sample.where}: {_unexpected(e)}")
     return kept, rejected
+
+
+def _tokenized(samples: list[tuple[RawRecord, Sample]], tok: Tokenizer,
+               settings: PrepareSettings) -> list[TokenizedSample | Exception]:
+    """The batch tokenized in one call; one by one when that call fails, so only the culprit is lost."""
+    batch = [s for _, s in samples]
+    try:
+        return list(tokenize_samples(batch, tok, template=settings.template))
+    except Exception:  # noqa: BLE001 - isolate the record that broke the batch
+        out: list[TokenizedSample | Exception] = []
+        for s in batch:
+            try:
+                out.extend(tokenize_samples([s], tok, template=settings.template))
+            except Exception as e:  # noqa: BLE001
+                out.append(e)
+        return out
 
 
 def _kept_row(
@@ -152,9 +191,7 @@ def _kept_row(
     keep = fitted.length - (fitted.num_image_tokens - 1 if fitted.num_image_tokens else 0)
     uri, width, height = "", 0, 0
     if sample.image is not None:
-        uri = image_uri(src.image_root, sample.image)
-        if settings.check_images:
-            width, height = check_image(uri, settings.max_image_pixels)
+        uri, width, height = check_image(src, sample.image, settings)
     words = word_length(sample)
     return {
         "id": sample.id, "source": src.name, "file": src.file, "index": raw.index, "image": uri,

@@ -49,22 +49,32 @@ def _checked(source: str, index: int, value: Any) -> RawRecord:
     return RawRecord(source, index, value)
 
 
-def split_records(data: bytes, source: str) -> Iterator[RawRecord]:
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+def split_records(data: bytes, source: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[RawRecord]:
     """Records of a JSON list or JSONL file, in file order."""
     # surrogateescape keeps invalid bytes so one bad record does not cost the whole file.
     text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield RawRecord(source, 0, None, "malformed_json",
-                            f"{source}: not a valid JSON list (line {e.lineno}, column {e.colno}: {e.msg})")
-            return
-        for i, item in enumerate(items):
-            yield _checked(source, i, item)
+        yield from _list_records(text, source)
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    if text.lstrip().startswith("{") and "\n" in text.strip():
+        whole = _whole_object(text)
+        if whole is not None:
+            yield RawRecord(source, 1, None, "not_a_list",
+                            f"{source}: one JSON object spanning {text.count(chr(10)) + 1} lines ({len(whole)} keys); "
+                            "expected a JSON list of records or one record per line (JSONL)")
+            return
+    # Only "\n" ends a JSONL line: str.splitlines() would also split on U+2028, U+0085, ... which JSON
+    # allows raw inside strings.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
+            continue
+        if len(line) > max_line_bytes:  # characters >= bytes / 4: a cheap bound before any parsing
+            yield RawRecord(source, lineno, None, "line_too_long",
+                            f"{source} line {lineno}: {len(line):,} characters, over the limit of {max_line_bytes:,}")
             continue
         try:
             item = json.loads(line)
@@ -72,3 +82,59 @@ def split_records(data: bytes, source: str) -> Iterator[RawRecord]:
             yield RawRecord(source, lineno, None, "malformed_json", f"{source} line {lineno}: not valid JSON ({e.msg})")
             continue
         yield _checked(source, lineno, item)
+
+
+def _whole_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+_WS = " \t\n\r"
+
+
+def _list_records(text: str, source: str) -> Iterator[RawRecord]:
+    """Items of a JSON list one by one, so that a file cut short keeps the records before the cut."""
+    decoder = json.JSONDecoder()
+    pos = _skip(text, text.index("[") + 1)
+    if text.startswith("]", pos):
+        return
+    index = 0
+    while True:
+        start = pos
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            yield _broken(source, index, text, e.pos, e.msg, lost_from=start)
+            return
+        yield _checked(source, index, item)
+        index += 1
+        pos = _skip(text, pos)
+        if text.startswith(",", pos):
+            pos = _skip(text, pos + 1)
+            continue
+        if text.startswith("]", pos):
+            rest = text[pos + 1 :].strip(_WS)
+            if rest:
+                yield _broken(source, index, text, pos + 1, "text after the closing ']'")
+            return
+        what = "the file ends before the closing ']'" if pos >= len(text) else "expected ',' or ']' after a record"
+        yield _broken(source, index, text, pos, what)
+        return
+
+
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in _WS:
+        pos += 1
+    return pos
+
+
+def _broken(source: str, index: int, text: str, pos: int, what: str, lost_from: int | None = None) -> RawRecord:
+    line = text.count("\n", 0, pos) + 1
+    column = pos - text.rfind("\n", 0, pos)
+    lost = len(text) - (pos if lost_from is None else lost_from)
+    return RawRecord(source, index, None, "malformed_json",
+                     f"{source}: the JSON list breaks at record {index} (line {line}, column {column}: {what}); the {index} "
+                     f"records before it are kept, the remaining {lost:,} characters are lost")

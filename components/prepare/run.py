@@ -68,8 +68,12 @@ def run_prepare(cfg: PipelineConfig, out: str, synth_root: str | None = None) ->
     n_img = num_image_tokens(model_for_prepare(cfg))
     result: dict[str, Any] = {"tokenizer": tok_dir}
     for name, stage, sources in (("pretrain", cfg.pretrain, pretrain), ("finetune", cfg.finetune, finetune)):
+        p = cfg.prepare
         settings = PrepareSettings(template=stage.template, num_image_tokens=n_img, max_length=stage.max_length,
-                                   over_length=cfg.prepare.over_length, max_image_pixels=cfg.prepare.max_image_pixels)
+                                   over_length=p.over_length, max_image_pixels=p.max_image_pixels,
+                                   max_image_bytes=p.max_image_bytes, max_image_side=p.max_image_side,
+                                   max_aspect_ratio=p.max_aspect_ratio, max_line_bytes=p.max_line_bytes,
+                                   duplicate_ids=p.duplicate_ids, max_rejected_fraction=p.max_rejected_fraction)
         result[name] = prepare_dataset(sources, storage.join(out, name), settings, tok_dir,
                                        cpus_per_task=cfg.prepare.cpus_per_task,
                                        rows_per_shard=cfg.prepare.rows_per_shard)

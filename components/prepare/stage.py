@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import posixpath
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from components.core.tokenize import Tokenizer
 
 from .json_tokenizer import load_json_tokenizer
 from .process import KEPT_SCHEMA, PrepareSettings, SourceInfo, process_records, raw_from_row, raw_to_row
-from .records import split_records
+from .records import DEFAULT_MAX_LINE_BYTES, split_records
 from .stats import compute_stats
 
 OUTPUT_SCHEMA = pa.schema(list(KEPT_SCHEMA) + [("reason", pa.string()), ("message", pa.string())])
@@ -36,11 +37,18 @@ def source_infos(sources: list[DataSource]) -> dict[str, SourceInfo]:
         name = s.name or s.annotations.rstrip("/").rsplit("/", 1)[-1]
         if any(i.name == name for i in infos.values()):
             raise ValueError(f"two data sources are both named {name!r}; give them distinct `name`s")
-        infos[s.annotations] = SourceInfo(name=name, file=s.annotations, image_root=s.image_root)
+        # Without an image_root, image paths are relative to the annotation file's folder.
+        root = s.image_root or posixpath.dirname(s.annotations) or "."
+        infos[s.annotations] = SourceInfo(name=name, file=s.annotations, image_root=root,
+                                          allow_absolute=s.allow_absolute_paths)
     return infos
 
 
-def read_source_rows(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+class TooManyRejected(RuntimeError):
+    """More of a dataset was rejected than `prepare.max_rejected_fraction` allows."""
+
+
+def read_source_rows(row: dict[str, Any], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[dict[str, Any]]:
     """Every record of one annotation file, as a row (a read failure is one rejected record)."""
     path = row["file"]
     try:
@@ -49,7 +57,11 @@ def read_source_rows(row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield {"source": path, "index": 0, "record_json": "", "reason": "malformed_json",
                "message": f"{path}: annotation file does not exist"}
         return
-    for raw in split_records(data, path):
+    except OSError as e:
+        yield {"source": path, "index": 0, "record_json": "", "reason": "malformed_json",
+               "message": f"{path}: annotation file cannot be read ({type(e).__name__}: {e})"}
+        return
+    for raw in split_records(data, path, max_line_bytes):
         yield raw_to_row(raw)
 
 
@@ -113,7 +125,8 @@ def _run_prepare(
     infos = source_infos(sources)
     files = ray.data.from_items([{"file": f} for f in infos], override_num_blocks=len(infos))
     # An annotation file reads as one block: cut it into batch-sized blocks so that every CPU gets work.
-    raw = files.flat_map(read_source_rows, num_cpus=cpus_per_task).repartition(
+    raw = files.flat_map(read_source_rows, fn_kwargs={"max_line_bytes": settings.max_line_bytes},
+                         num_cpus=cpus_per_task).repartition(
         target_num_rows_per_block=batch_size)
     # Tasks, not actors: they run on Ray's already-started workers, as many at once as the cluster has
     # CPUs for, and the tokenizer loads once per worker process (_tokenizer).
@@ -125,18 +138,63 @@ def _run_prepare(
         batch_format="pyarrow",
     ).materialize()
 
-    fs, inner = storage.pyarrow_filesystem(storage.join(out, "shards"))
-    processed.map_batches(_only_kept, batch_format="pyarrow", batch_size=None).repartition(
-        max(1, -(-processed.count() // rows_per_shard))
-    ).write_parquet(inner, filesystem=fs, mode="overwrite")
-
     summary_cols = ["id", "source", "file", "index", "image", "length", "truncated", "reason", "message"]
     rows = processed.select_columns(summary_cols).take_all()
+    duplicates = mark_duplicate_ids(rows, settings.duplicate_ids)
+    drop = sorted((r["file"], r["index"]) for r in rows if r["reason"] == "duplicate_id")
+
+    fs, inner = storage.pyarrow_filesystem(storage.join(out, "shards"))
+    kept_rows = processed.map_batches(_only_kept, batch_format="pyarrow", batch_size=None)
+    if drop:
+        kept_rows = kept_rows.map_batches(_without, fn_kwargs={"drop": drop}, batch_format="pyarrow",
+                                          batch_size=None)
+    kept_rows.repartition(max(1, -(-processed.count() // rows_per_shard))).write_parquet(
+        inner, filesystem=fs, mode="overwrite")
+
     kept = [r for r in rows if not r["reason"]]
     rejected = [{k: r[k] for k in ("id", "source", "file", "index", "reason", "message")}
                 for r in rows if r["reason"]]
-    stats = compute_stats(kept, rejected)
+    stats = {**compute_stats(kept, rejected), "duplicate_ids": duplicates}
     storage.write_json(storage.join(out, "stats.json"), stats)
     lines = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rejected)
     storage.write_bytes(storage.join(out, "rejected.jsonl"), lines.encode())
+    check_rejected_fraction(stats, settings.max_rejected_fraction, out)
     return stats
+
+
+def mark_duplicate_ids(rows: list[dict[str, Any]], policy: str) -> dict[str, Any]:
+    """Count kept records whose id an earlier kept record (file order) already has; with policy "reject"
+    those later ones become `duplicate_id` rejections, in place."""
+    first: dict[str, tuple[str, int]] = {}
+    repeats = 0
+    examples: list[str] = []
+    for r in sorted((r for r in rows if not r["reason"]), key=lambda r: (r["file"], r["index"])):
+        seen = first.setdefault(r["id"], (r["file"], r["index"]))
+        if seen == (r["file"], r["index"]):
+            continue
+        repeats += 1
+        if len(examples) < 10:
+            examples.append(r["id"])
+        if policy == "reject":
+            r["reason"] = "duplicate_id"
+            r["message"] = f"{r['file']} record {r['index']} (id {r['id']!r}): the id is already used by " \
+                           f"{seen[0]} record {seen[1]} (prepare.duplicate_ids: reject)"
+    return {"repeated": repeats, "examples": examples, "policy": policy}
+
+
+def _without(batch: pa.Table, drop: list[tuple[str, int]]) -> pa.Table:
+    keys = set(drop)
+    mask = [(f, i) not in keys for f, i in zip(batch["file"].to_pylist(), batch["index"].to_pylist(), strict=True)]
+    return batch.filter(pa.array(mask, pa.bool_()))
+
+
+def check_rejected_fraction(stats: dict[str, Any], limit: float, out: str) -> None:
+    """TooManyRejected when more than `limit` of the records were rejected (top reasons in the message)."""
+    total, rejected = stats["total"], stats["rejected"]
+    if not total or rejected / total <= limit:
+        return
+    top = sorted(stats["rejected_by_reason"].items(), key=lambda kv: -kv[1])[:5]
+    reasons = ", ".join(f"{reason} {n}" for reason, n in top)
+    raise TooManyRejected(
+        f"{rejected} of {total} records rejected ({rejected / total:.0%}, over prepare.max_rejected_fraction "
+        f"{limit:g}); top reasons: {reasons}. Every rejection is listed in {storage.join(out, 'rejected.jsonl')}")

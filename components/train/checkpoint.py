@@ -1,5 +1,8 @@
 """Resumable training state: DeepSpeed's checkpoint + meta.json + per-rank RNG, reported to Ray Train.
 
+Our own files hold no pickles (RNG as safetensors, meta as JSON). DeepSpeed's checkpoint loader does unpickle
+its own files, so the checkpoint storage must be writable only by the pipeline (see cluster/README.md).
+
 Every rank writes its own ZeRO shard and RNG file into a scratch folder, rank 0 adds meta.json (step, data
 position, losses so far), and every rank reports it: Ray Train merges the folders into one checkpoint in run
 storage and keeps the newest `num_to_keep`. Frozen parameters are left out (they are rebuilt from the model
@@ -20,11 +23,27 @@ import torch.distributed as dist
 META = "meta.json"
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+def rng_file(folder: str | Path, rank: int) -> Path:
+    return Path(folder) / f"rng_rank{rank}.safetensors"
+
+
+def save_rng_state(path: Path) -> None:
+    """This process's torch (and CUDA) RNG state as safetensors: plain tensors, nothing to unpickle on load."""
+    from safetensors.torch import save_file
+
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
-    return state
+    save_file(state, str(path))
+
+
+def load_rng_state(path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save_and_report(engine: Any, meta: dict[str, Any], metrics: dict[str, float], rank: int) -> None:
@@ -34,7 +53,7 @@ def save_and_report(engine: Any, meta: dict[str, Any], metrics: dict[str, float]
     with tempfile.TemporaryDirectory(prefix="llava-ckpt-") as tmp:
         tag = f"step_{meta['step']}"
         engine.save_checkpoint(tmp, tag=tag, exclude_frozen_parameters=True)
-        torch.save(_rng_state(), Path(tmp) / f"rng_rank{rank}.pt")
+        save_rng_state(rng_file(tmp, rank))
         if rank == 0:
             (Path(tmp) / META).write_text(json.dumps({**meta, "tag": tag}, indent=2))
         dist.barrier()  # all shards on disk before any rank uploads
@@ -54,12 +73,9 @@ def restore(engine: Any, rank: int) -> dict[str, Any] | None:
         load_path, _ = engine.load_checkpoint(folder, tag=meta["tag"], load_module_strict=False)
         if load_path is None:
             raise RuntimeError(f"{folder}: DeepSpeed found no checkpoint under tag {meta['tag']!r}")
-        rng_file = Path(folder) / f"rng_rank{rank}.pt"
-        if rng_file.exists():  # a different world size leaves some ranks without one: keep their seed
-            state = torch.load(rng_file, weights_only=False)
-            torch.set_rng_state(state["torch"])
-            if "cuda" in state and torch.cuda.is_available():
-                torch.cuda.set_rng_state(state["cuda"])
+        rng = rng_file(folder, rank)
+        if rng.exists():  # a different world size leaves some ranks without one: keep their seed
+            load_rng_state(rng)
     return meta
 
 

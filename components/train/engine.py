@@ -2,7 +2,8 @@
 
 "auto" is resolved as HF's DeepSpeed integration does: batch fields from the stage's batch arithmetic, bf16
 from `precision`, and the bucket sizes from the LLM's hidden size (reduce bucket h², ZeRO-3 prefetch 0.9·h²,
-persistence threshold 10·h).
+persistence threshold 10·h). Gradient clipping comes from the stage's `optim.max_grad_norm` only; DeepSpeed
+applies it to the partitioned gradients under ZeRO-2 and ZeRO-3 with the recipe's client AdamW.
 """
 
 from __future__ import annotations
@@ -20,11 +21,9 @@ from components.core.config import TrainStageConfig, deepspeed_config_path
 
 def deepspeed_config(stage: TrainStageConfig, world: int, hidden_size: int) -> dict[str, Any]:
     """The stage's DeepSpeed JSON with every "auto" filled; an unknown "auto" key is an error naming the file."""
-    path = deepspeed_config_path(stage)
+    path = deepspeed_config_path(stage)  # names the stage key when the file does not exist
     try:
         cfg = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"deepspeed config {path} (from the stage's `deepspeed` key) does not exist") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON: {e}") from None
     accumulation = stage.global_batch // (stage.per_device_batch * world)
@@ -51,8 +50,10 @@ def deepspeed_config(stage: TrainStageConfig, world: int, hidden_size: int) -> d
     fill(cfg, "")
     if stage.precision == "fp32" and cfg.get("fp16", {}).get("enabled"):
         raise ValueError(f"{path}: fp16 is enabled but the stage's precision is fp32")
-    if stage.optim.max_grad_norm > 0:
-        cfg["gradient_clipping"] = stage.optim.max_grad_norm
+    if "gradient_clipping" in cfg:
+        raise ValueError(f"{path}: remove gradient_clipping; the stage's optim.max_grad_norm sets it")
+    # Always written, 0 included: DeepSpeed >= 0.19.3 clips at 1.0 when the key is absent.
+    cfg["gradient_clipping"] = stage.optim.max_grad_norm
     if "optimizer" in cfg or "scheduler" in cfg:
         raise ValueError(f"{path}: remove the optimizer/scheduler blocks; the recipe passes its own AdamW and "
                          "schedule (a config optimizer also JIT-builds a slow fused-Adam op on CPU)")

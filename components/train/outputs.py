@@ -2,33 +2,27 @@
 
 pretrain: connector.safetensors + summary.json.
 finetune: model/, a transformers model folder (config, safetensors weights, generation config, tokenizer, and
-a LlavaProcessor that expands `<image>` to the model's token count), and summary.json; LoRA runs save the
-merged model in model/ and keep the adapter (plus the connector, which trains in full) in adapter/.
+the LlavaProcessor of `components.models.processor`, shaping images as the stage's image_mode did in training),
+and summary.json; LoRA runs save the merged model in model/ and keep the adapter (plus the connector, which
+trains in full) in adapter/.
 summary.json is written last, so its presence marks a complete output.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    CLIPImageProcessorPil,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    PreTrainedTokenizerBase,
-)
+from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
 from components.core import storage
-from components.core.config import PipelineConfig, TrainStageConfig
-from components.core.images import CLIP_MEAN, CLIP_STD
-from components.models.assembly import SELECT_STRATEGY, num_image_tokens, vision_image_size
+from components.core.config import TrainStageConfig
 from components.models.connectors import HF_NATIVE, connector_of, save_connector, set_connector, unwrap_llava
+from components.models.processor import build_processor
 from components.models.trainable import apply_lora, merge_lora
 
 from .engine import full_state_dict
@@ -45,21 +39,6 @@ def write_pretrain_output(module: nn.Module, out: str, rank: int) -> None:
                 storage.upload_dir(tmp, out)
 
 
-def build_processor(cfg: PipelineConfig, tokenizer: PreTrainedTokenizerBase) -> LlavaProcessor:
-    """A processor for the model's resolution: CLIP resize + centre crop at image_size, CLIP normalisation,
-    and `<image>` expanded to (size / patch)² tokens (+1 with cls_patch) as the model expects."""
-    size = vision_image_size(cfg.model)
-    images = CLIPImageProcessorPil(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, do_center_crop=True,
-        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), do_convert_rgb=True)
-    grid = math.isqrt(num_image_tokens(cfg.model) - (cfg.model.vision.feature_select == "cls_patch"))
-    patch = size // grid
-    # LlavaProcessor counts patches + num_additional_image_tokens, minus one for the "default" strategy.
-    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=patch,
-                          vision_feature_select_strategy=SELECT_STRATEGY[cfg.model.vision.feature_select],
-                          num_additional_image_tokens=1)
-
-
 def _skeleton(module: nn.Module, stage: TrainStageConfig) -> nn.Module:
     """An empty (meta-device) copy of the training model's structure, to receive gathered weights."""
     llava = unwrap_llava(module)
@@ -72,8 +51,7 @@ def _skeleton(module: nn.Module, stage: TrainStageConfig) -> nn.Module:
 
 
 def write_finetune_output(
-    module: nn.Module, cfg: PipelineConfig, stage: TrainStageConfig, tokenizer: PreTrainedTokenizerBase,
-    out: str, rank: int,
+    module: nn.Module, stage: TrainStageConfig, tokenizer: PreTrainedTokenizerBase, out: str, rank: int
 ) -> None:
     """The full model in transformers format (collective: gathers every parameter under ZeRO-3)."""
     state = full_state_dict(module, rank)
@@ -94,7 +72,7 @@ def write_finetune_output(
         llava.config.conversation_template = stage.template
         llava.config.tokenizer_model_max_length = stage.max_length
         llava.save_pretrained(str(folder))
-        build_processor(cfg, tokenizer).save_pretrained(str(folder))
+        build_processor(llava, tokenizer, stage.image_mode).save_pretrained(str(folder))
         storage.upload_dir(tmp, out)
 
 

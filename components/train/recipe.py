@@ -25,11 +25,12 @@ from components.core.config import PipelineConfig
 from components.tracking import MlflowTarget
 
 from .checkpoint import restore, save_and_report, wait_until_registered
-from .collate import CollateSpec, collate
+from .collate import PACK_MULTIPLE, CollateSpec, collate, sample_length, use_packed_attention
 from .data import worker_batches
 from .engine import deepspeed_config, frozen_fingerprint
 from .flops import FlopCounts, mfu, peak_flops
 from .grouping import rank_positions
+from .loss import supervised_loss
 from .outputs import write_export_probe, write_finetune_output, write_pretrain_output, write_summary
 from .schedule import lr_lambda
 
@@ -117,6 +118,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         set_trainable(model, stage.trainable)
     counts = parameter_counts(model)
     llava = unwrap_llava(model)
+    if stage.packed:
+        use_packed_attention(llava, "cuda" if stage.use_gpu else "cpu")
     if stage.gradient_checkpointing:
         llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         llava.enable_input_require_grads()  # as the reference: inputs of checkpointed blocks need grads
@@ -149,7 +152,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     end = min(total, job.stop_at)
     size, n_img = vision_image_size(cfg.model), num_image_tokens(cfg.model)
     spec = CollateSpec(image_id=image_token_id(tokenizer), num_image_tokens=n_img, max_length=stage.max_length,
-                       pad_id=tokenizer.pad_token_id, image_size=size)
+                       pad_id=tokenizer.pad_token_id, image_size=size,
+                       pack_multiple=PACK_MULTIPLE if stage.packed else None)
     positions = rank_positions(start, end, rank=rank, world=world, batch_size=batch, accumulation=accum)
     if len(positions) and positions.max() >= len(job.stream):
         raise RuntimeError(f"{name}: stream of {len(job.stream)} positions is too short for step {end}")
@@ -177,14 +181,15 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             rows = next(batches)
             images = rows.column("image").to_pylist()
             pixels = [p if img else None for p, img in zip(rows.column("pixels").to_pylist(), images, strict=True)]
-            inputs = collate(rows.column("input_ids").to_pylist(), rows.column("labels").to_pylist(), pixels, spec,
-                             names=rows.column("id").to_pylist(), device=engine.device, ensure_image=True)
-            loss = engine(**inputs).loss  # mean over this micro-batch's supervised tokens
+            ids = rows.column("input_ids").to_pylist()
+            inputs = collate(ids, rows.column("labels").to_pylist(), pixels, spec, names=rows.column("id").to_pylist(),
+                             device=engine.device, ensure_image=True)
+            loss = supervised_loss(engine, inputs)  # mean over this micro-batch's supervised tokens
             engine.backward(loss)  # DeepSpeed scales by 1/accum and reduces across ranks at the boundary
             engine.step()  # a no-op except at the accumulation boundary
             # Summed on the device: no host sync until the step's single all-reduce.
             totals[0] += loss.detach().double()
-            totals[1] += inputs["attention_mask"].sum()
+            totals[1] += sum(sample_length(row, spec) for row in ids)  # real tokens, either layout
             totals[2] += len(images)
             totals[3] += sum(1 for img in images if img)
         dist.all_reduce(totals)
@@ -227,7 +232,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     if name == "pretrain":
         write_pretrain_output(engine.module, job.out, rank)
     else:
-        write_finetune_output(engine.module, cfg, stage, tokenizer, job.out, rank)
+        write_finetune_output(engine.module, stage, tokenizer, job.out, rank)
     frozen = frozen_fingerprint(engine.module, rank)
     if rank != 0:
         return None

@@ -1,7 +1,7 @@
 """The driver of a training stage: data order and step count, then a Ray Train `TorchTrainer` over the recipe.
 
 Rerunning with the same (run_name, storage_path) resumes from the run's latest checkpoint (Ray Train V2
-keeps a run snapshot there); a fresh run needs a new name. Worker failures restart the worker group from the
+keeps a run snapshot there); a fresh run needs a new name (the pipeline names one per attempt). Worker failures restart the worker group from the
 latest checkpoint, up to the stage's `max_failures`.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 import time
 from typing import Any, Literal
 
@@ -35,6 +36,19 @@ def stage_steps(cfg: PipelineConfig, stage: Stage, prepared: str) -> int:
     sc = getattr(cfg, stage)
     lengths, _ = grouping_inputs(prepared, stage)
     return total_steps(len(lengths), sc.global_batch, sc.epochs, sc.max_steps)
+
+
+def prune_checkpoints(storage_path: str, run_name: str, keep: int) -> None:
+    """Once a stage's outputs are written, its Train run is only needed for the `keep` newest checkpoints
+    (keep 0 deletes the run's folder)."""
+    run_dir = storage.join(storage_path, run_name)
+    if keep == 0:
+        storage.remove(run_dir)
+        return
+    fs, inner = storage.filesystem(run_dir)
+    checkpoints = sorted(p for p in fs.ls(inner, detail=False) if posixpath.basename(p).startswith("checkpoint_"))
+    for path in checkpoints[:-keep]:
+        fs.rm(path, recursive=True)
 
 
 def run_training(

@@ -84,8 +84,10 @@ def test_aws_launcher_config_passes_rays_schema():
     assert gpu and all(t["resources"]["GPU"] == 8 for t in gpu)
     assert any(t["node_config"]["InstanceType"].startswith("m") for n, t in types.items()
                if n != config["head_node_type"])
-    assert any("pip install -e ~/llava-pipeline" in c for c in config["setup_commands"])
-    assert all("constraints-cpu" not in c for c in config["setup_commands"])
+    setup = config["setup_commands"]
+    assert any("pip install -r ~/llava-pipeline/requirements/cluster.txt" in c for c in setup)
+    assert any("pip install --no-deps ~/llava-pipeline" in c for c in setup)
+    assert all("requirements/cpu.txt" not in c for c in setup)  # its torch is the CPU build
     validate_config(prepare_config(config))  # Ray's own ray-schema.json: no unknown or misspelled keys
 
 
@@ -97,9 +99,13 @@ def test_dockerfile_installs_the_project_with_cuda():
     copied = {ln.split()[-2] for ln in lines if ln.startswith("COPY ")}
     assert {"components", "pipelines", "configs"} <= copied
     assert any(ln.startswith("COPY ") and "pyproject.toml" in ln for ln in lines)
-    runs = " ".join(ln for ln in lines if ln.startswith("RUN "))
-    assert "pip install --no-cache-dir -e ." in runs and "download.pytorch.org/whl/cu" in " ".join(lines)
-    assert "constraints-cpu" not in runs
+    runs = [ln for ln in lines if ln.startswith("RUN ")]
+    # CUDA torch, then the cluster lock, then the project itself (not editable), in that order.
+    order = [next(i for i, ln in enumerate(runs) if key in ln) for key in
+             ("--index-url \"${TORCH_INDEX}\"", "pip install --no-cache-dir -r requirements/cluster.txt",
+              "pip install --no-cache-dir --no-deps .")]
+    assert order == sorted(order) and "download.pytorch.org/whl/cu" in " ".join(lines)
+    assert "requirements/cpu.txt" not in " ".join(runs) and " -e " not in " ".join(runs)
     assert any(ln == "WORKDIR /opt/llava-pipeline" for ln in lines)  # where RayJob entrypoints find configs/
 
 

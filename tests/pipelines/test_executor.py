@@ -7,7 +7,7 @@ import pytest
 
 from components.core.config import load_config
 from components.core.fingerprint import explain, fingerprint, stage_inputs
-from pipelines.executor import PipelineError, Stage, execute, make_plan
+from pipelines.executor import MANIFEST, PipelineError, Stage, execute, make_plan
 
 CALLS: list[str] = []
 
@@ -26,10 +26,10 @@ def body(name, fail=False):
 
 def dag(fail=()):
     return [
-        Stage("a", (), lambda c: {"lr": c.pretrain.optim.lr}, ("components/core",), body("a", "a" in fail)),
-        Stage("b", ("a",), lambda c: {"lr": c.finetune.optim.lr}, ("components/core",), body("b", "b" in fail)),
-        Stage("e1", ("b",), lambda c: {"k": 1}, ("components/core",), body("e1"), group="e"),
-        Stage("e2", ("b",), lambda c: {"k": 2}, ("components/core",), body("e2"), group="e"),
+        Stage("a", (), ("pretrain.optim.lr",), body("a", "a" in fail)),
+        Stage("b", ("a",), ("finetune.optim.lr",), body("b", "b" in fail)),
+        Stage("e1", ("b",), (), body("e1"), group="e"),
+        Stage("e2", ("b",), (), body("e2"), group="e"),
     ]
 
 
@@ -50,7 +50,7 @@ def test_cache_hits_and_reasons(tmp_path):
     assert sorted(CALLS) == ["b", "e1", "e2"]
     why = {p.stage.name: p.why for p in plan}
     assert why["a"] == [f"output {plan[0].fingerprint} exists"]
-    assert why["b"] == ["lr changed (0.002 → 1e-05)"]
+    assert why["b"] == ["finetune.optim.lr changed (0.002 → 1e-05)"]
     assert why["e1"] == ["upstream b changed"]
 
 
@@ -76,7 +76,7 @@ def test_failed_stage_commits_nothing_and_reruns(tmp_path):
     _, results = run(cfg, tmp_path, fail=("b",))
     assert results["b"]["status"] == "failed" and "b broke" in results["b"]["error"]
     assert results["e1"]["status"] == "skipped"
-    assert not list(tmp_path.glob("artifacts/b/*/manifest.json"))
+    assert not list(tmp_path.glob(f"artifacts/b/*/{MANIFEST}"))
     _, results = run(cfg, tmp_path)
     assert sorted(CALLS) == ["b", "e1", "e2"] and results["a"]["status"] == "cached"
 
@@ -88,3 +88,96 @@ def test_fingerprint_covers_config_upstream_and_code():
                   stage_inputs("s", {"x": 1}, {"up": "f1"}, "c2"), stage_inputs("t", {"x": 1}, {"up": "f1"}, "c1")):
         assert fingerprint(other) != fingerprint(base)
     assert explain(base, stage_inputs("s", {"x": 1}, {"up": "f1"}, "c2")) == ["code changed"]
+
+
+def attempt_dag(seen, fail_once=None):
+    def run(ctx):
+        seen.append((ctx.attempt, ctx.out, sorted(p.name for p in Path(ctx.out).iterdir())))
+        (Path(ctx.out) / "partial.txt").write_text(ctx.attempt)
+        if fail_once is not None and not fail_once:
+            fail_once.append(True)
+            raise RuntimeError("interrupted")
+        (Path(ctx.out) / "value.json").write_text(json.dumps({"attempt": ctx.attempt}))
+        return {}
+    return [Stage("a", (), ("pretrain.optim.lr",), run)]
+
+
+def run_dag(stages, cfg, root, **kw):
+    plan = make_plan(cfg, stages, str(root), **kw)
+    return plan, execute(cfg, plan, str(root), None)
+
+
+def test_force_runs_a_fresh_attempt_and_replaces_the_output(tmp_path):
+    cfg, seen = load_config("tiny"), []
+    plan, results = run_dag(attempt_dag(seen), cfg, tmp_path)
+    _, again = run_dag(attempt_dag(seen), cfg, tmp_path, force=["a"])
+    assert results["a"]["status"] == again["a"]["status"] == "ran" and len(seen) == 2
+    assert seen[0][0] != seen[1][0] and seen[1][2] == []  # a fresh, empty attempt folder
+    out = Path(plan[0].out)
+    assert json.loads((out / "value.json").read_text())["attempt"] == seen[1][0]
+    assert not list(out.parent.glob("*.lease")) and not list(out.parent.glob("*.attempt.json"))
+    assert not list((out.parent / ".attempts").iterdir())  # committed by rename; the old output deleted
+
+
+def test_an_interrupted_attempt_is_resumed_and_force_starts_afresh(tmp_path):
+    cfg, seen, failed = load_config("tiny"), [], []
+    _, results = run_dag(attempt_dag(seen, failed), cfg, tmp_path)
+    assert results["a"]["status"] == "failed"
+    _, results = run_dag(attempt_dag(seen), cfg, tmp_path)
+    assert results["a"]["status"] == "ran"
+    # The same attempt (its Ray Train run resumes), in a clean folder: no half-written file is taken up.
+    assert seen[1][0] == seen[0][0] and seen[1][1] == seen[0][1] and seen[1][2] == []
+    failed.clear()
+    run_dag(attempt_dag(seen, failed), cfg, tmp_path, force=["a"])
+    _, results = run_dag(attempt_dag(seen), cfg, tmp_path, force=["a"])
+    assert results["a"]["status"] == "ran" and seen[3][0] != seen[2][0] and seen[3][2] == []
+
+
+def test_a_second_run_waits_for_the_first_and_takes_its_output(tmp_path, monkeypatch):
+    """Run 1's stage body starts run 2 and lets it finish its work only once run 2 found the lease held."""
+    import threading
+
+    from components.core.lease import Lease
+    from pipelines import attempts
+
+    monkeypatch.setattr(attempts, "LEASE_POLL_S", 0.01)
+    refused = threading.Event()
+    real = Lease.try_acquire
+
+    def try_acquire(self, attempt):
+        got, holder = real(self, attempt)
+        if not got:
+            refused.set()
+        return got, holder
+
+    monkeypatch.setattr(Lease, "try_acquire", try_acquire)
+    cfg, calls, second = load_config("tiny"), [], {}
+
+    def body(ctx):
+        calls.append(ctx.attempt)
+        if len(calls) == 1:
+            thread = threading.Thread(target=lambda: second.update(run_dag(stages, cfg, tmp_path)[1]))
+            thread.start()
+            assert refused.wait(60)
+            body.thread = thread
+        Path(ctx.out, "value.json").write_text("{}")
+        return {"n": 1}
+
+    stages = [Stage("a", (), (), body)]
+    _, first = run_dag(stages, cfg, tmp_path)
+    body.thread.join(60)
+    assert len(calls) == 1 and first["a"]["status"] == "ran"
+    assert second["a"]["status"] == "cached" and second["a"]["metrics"] == {"n": 1}
+
+
+def test_force_synth_reruns_the_world(tmp_path):
+    """The world's own manifest.json and the executor's manifest live side by side."""
+    from pipelines.llava15 import build_stages
+
+    cfg = load_config("tiny", ["data.synth.size=micro"])
+    for force in ([], ["synth"]):
+        plan = make_plan(cfg, build_stages(cfg), str(tmp_path), only=["synth"], force=force)
+        results = execute(cfg, plan, str(tmp_path), None)
+        assert results["synth"]["status"] == "ran", results["synth"].get("error")
+    out = Path(plan[0].out)
+    assert (out / "manifest.json").is_file() and (out / MANIFEST).is_file()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from components.core.config import load_config
-from pipelines.executor import PENDING, PipelineError, Stage, execute, make_plan
+from pipelines.executor import MANIFEST, PENDING, PipelineError, Stage, execute, make_plan
 from pipelines.llava15 import build_stages, resolve_from_sweep
 
 BEST = {"connector": "linear"}
@@ -37,12 +37,10 @@ def recorder(name):
 
 def dag():
     return [
-        Stage("prepare", (), lambda c: {"x": 1}, ("components/core",), recorder("prepare")),
-        Stage("sweep", ("prepare",), lambda c: {"space": c.sweep.space.model_dump(mode="json")}, ("components/core",),
-              sweep_body, resolves=resolve_from_sweep),
-        Stage("train", ("prepare",), lambda c: {"model": c.model.model_dump(mode="json")}, ("components/core",),
-              recorder("train"), after=("sweep",)),
-        Stage("evaluate", ("train",), lambda c: {"k": 1}, ("components/core",), recorder("evaluate")),
+        Stage("prepare", (), (), recorder("prepare")),
+        Stage("sweep", ("prepare",), ("sweep.space",), sweep_body, resolves=resolve_from_sweep),
+        Stage("train", ("prepare",), ("model",), recorder("train"), after=("sweep",)),
+        Stage("evaluate", ("train",), (), recorder("evaluate")),
     ]
 
 
@@ -86,7 +84,7 @@ def test_auto_is_resolved_before_the_waiting_stages_run_and_then_cached(cfg, tmp
 def test_a_different_best_changes_the_waiting_fingerprints(cfg, tmp_path):
     plan, first = run(cfg, tmp_path)
     BEST["connector"] = "mlp3x_gelu"  # the sweep runs again (its output removed) and picks another connector
-    (Path(next(p.out for p in plan if p.stage.name == "sweep")) / "manifest.json").unlink()
+    (Path(next(p.out for p in plan if p.stage.name == "sweep")) / MANIFEST).unlink()
     _, second = run(cfg, tmp_path)
     assert [c for c in CALLS if c[0] != "sweep"] == [("train", "mlp3x_gelu"), ("evaluate", "mlp3x_gelu")]
     assert second["prepare"]["fingerprint"] == first["prepare"]["fingerprint"]
@@ -122,8 +120,7 @@ def test_failed_sweep_blocks_everything_waiting_for_it(cfg, tmp_path):
     def broken(ctx):
         raise RuntimeError("no trial finished")
 
-    stages[1] = Stage("sweep", ("prepare",), stages[1].config, ("components/core",), broken,
-                      resolves=resolve_from_sweep)
+    stages[1] = Stage("sweep", ("prepare",), stages[1].reads, broken, resolves=resolve_from_sweep)
     CALLS.clear()
     plan = make_plan(cfg, stages, str(tmp_path))
     results = execute(cfg, plan, str(tmp_path), None)

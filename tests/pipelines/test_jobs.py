@@ -27,10 +27,11 @@ from pathlib import Path
 import pytest
 
 from components.core.config import CONFIG_DIR
+from components.core.redact import redact
 from pipelines.cli import build_parser, main
 from pipelines.job_client import JobError, find_token
 from pipelines.jobs import PROJECT_ROOT, build_job_spec, resolve_tracking_uri
-from pipelines.tracking import ray_job_id, redact
+from pipelines.tracking import ray_job_id
 
 # The tiny pipeline, made small: the micro synthetic world, two optimizer steps per stage, one benchmark on 8
 # questions.
@@ -139,8 +140,8 @@ def test_job_id_from_ray_job_config(clean_env, monkeypatch):
 
 def test_url_passwords_never_reach_mlflow():
     assert redact("run --set tracking.tracking_uri=http://alice:hunter2@mlflow:5000") == (
-        "run --set tracking.tracking_uri=http://alice:***@mlflow:5000")
-    assert redact("postgresql://u:pw@db/mlflow s3://bucket/run") == "postgresql://u:***@db/mlflow s3://bucket/run"
+        "run --set tracking.tracking_uri=http://***@mlflow:5000")
+    assert redact("postgresql://u:pw@db/mlflow s3://bucket/run") == "postgresql://***@db/mlflow s3://bucket/run"
 
 
 def _one_line_error(capsys) -> str:
@@ -344,3 +345,18 @@ def test_status_logs_stop_and_clear_errors(ray_cluster, clean_env, capsys, monke
     assert f"job {job_id} STOPPED" in capsys.readouterr().err
     assert main(["status", job_id, "--address", url, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "STOPPED"
+
+
+def test_the_judge_settings_travel_with_the_job_but_not_its_key(clean_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("LLAVA_JUDGE_BASE_URL", "http://judge.internal:8000/v1")
+    monkeypatch.setenv("LLAVA_JUDGE_MODEL", "gpt-4-0613")
+    monkeypatch.setenv("LLAVA_JUDGE_API_KEY", "sk-judge-never-in-the-spec")
+    spec = build_job_spec("tiny", [f"storage={tmp_path}/runs"])
+    env = spec.runtime_env["env_vars"]
+    assert env["LLAVA_JUDGE_BASE_URL"] == "http://judge.internal:8000/v1"
+    assert env["LLAVA_JUDGE_MODEL"] == "gpt-4-0613" and "LLAVA_JUDGE_API_KEY" not in env
+    assert "sk-judge" not in json.dumps(asdict(spec))
+    assert any("LLAVA_JUDGE_API_KEY is not sent" in w for w in spec.warnings)
+    monkeypatch.setenv("LLAVA_JUDGE_BASE_URL", "http://user:pw@judge.internal:8000/v1")
+    with pytest.raises(JobError, match="judge endpoint judge.internal carries a password"):
+        build_job_spec("tiny", [f"storage={tmp_path}/runs"])

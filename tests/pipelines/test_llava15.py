@@ -3,6 +3,7 @@
 import pytest
 
 from components.core.config import load_config
+from pipelines.executor import config_slice
 from pipelines.llava15 import build_stages, dev_root, eval_root
 
 INPUTS = {"synth": "/store/artifacts/synth/abc"}
@@ -29,7 +30,7 @@ def test_dev_root_with_synth_but_no_synth_stage_names_the_key():
 def test_the_dev_root_is_part_of_the_sweeps_fingerprint_input():
     def sweep_inputs(*overrides):
         cfg = load_config("tiny_sweep", list(overrides))
-        return next(s for s in build_stages(cfg) if s.name == "sweep").config(cfg)
+        return config_slice(cfg, next(s for s in build_stages(cfg) if s.name == "sweep").reads)
 
-    assert sweep_inputs()["sweep"]["dev"]["root"] == "{synth}/dev"
+    assert sweep_inputs()["sweep.dev.root"] == "{synth}/dev"
     assert sweep_inputs("sweep.dev.root=null") != sweep_inputs()

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from pipelines.cli import main
+from pipelines.executor import MANIFEST
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +44,7 @@ def test_s3_storage_root(ray_local, s3_server, tmp_path, monkeypatch):
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir(BUCKET)
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
-    overrides = (f"storage=s3://{BUCKET}/run", f"tracking.tracking_uri={tracking}")
+    overrides = (f"storage=s3://{BUCKET}/run", f"tracking.tracking_uri={tracking}", "finetune.keep_checkpoints=1")
 
     rc, first, wall_first = run_json(*overrides)
     assert rc == 0, json.dumps(first, indent=1)[-4000:]
@@ -53,12 +54,15 @@ def test_s3_storage_root(ray_local, s3_server, tmp_path, monkeypatch):
     print(f"\n[s3 run] first {wall_first:.0f} s, cached rerun {wall_second:.0f} s")
 
     fs.invalidate_cache()
-    manifests = {stage: f"{BUCKET}/run/artifacts/{stage}/{r['fingerprint']}/manifest.json"
+    manifests = {stage: f"{BUCKET}/run/artifacts/{stage}/{r['fingerprint']}/{MANIFEST}"
                  for stage, r in first["stages"].items()}
     assert all(fs.exists(m) for m in manifests.values()), manifests
     evaluate_out = manifests["evaluate.gqa"].rsplit("/", 1)[0]
     assert any(p.endswith("answers.jsonl") for p in fs.find(evaluate_out))
-    assert any("/checkpoint_" in p for p in fs.find(f"{BUCKET}/run/ray_train")), "no Ray Train checkpoint on S3"
+    # Committed stages keep `keep_checkpoints` Ray Train checkpoints: pretrain none, finetune its last one.
+    kept = {p.split("/ray_train/")[1].split("/")[0].split("-")[0] + "/" + p.split("/checkpoint_")[1].split("/")[0]
+            for p in fs.find(f"{BUCKET}/run/ray_train") if "/checkpoint_" in p}
+    assert [k.split("/")[0] for k in kept] == ["finetune"], kept
     for stage in ("pretrain", "finetune"):
         assert fs.find(manifests[stage].rsplit("/", 1)[0]), stage
     logged = fs.find(f"{BUCKET}/run/mlartifacts")

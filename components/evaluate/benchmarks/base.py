@@ -17,6 +17,10 @@ from typing import Any
 
 from components.evaluate.judge import Judge, JudgeConfig, JudgeNotConfigured, make_judge
 
+# A file the synthetic world puts in each benchmark folder it writes: its scores are not comparable with the
+# paper's, so results on such a folder carry no paper numbers (and say `data: synthetic`).
+SYNTHETIC_MARKER = "SYNTHETIC.txt"
+
 
 class BenchmarkDataError(ValueError):
     """A benchmark file is missing or does not have the expected shape (message names file and record)."""
@@ -161,6 +165,7 @@ class Benchmark:
         if self.needs_judge:
             judge = make_judge(judge)
         body = self.scorer(ScoreInput(self, ordered, preds, self.files(root, annotations=annotations), judge))
+        synthetic = (Path(root) / SYNTHETIC_MARKER).is_file()
         result: dict[str, Any] = {
             "benchmark": self.name,
             "metric": self.metric,
@@ -172,7 +177,9 @@ class Benchmark:
             "missing_examples": missing[:10],
             "n_unknown_predictions": len(unknown),
             "unknown_examples": unknown[:10],
-            "paper": dict(self.paper),
+            # The paper's numbers only beside scores on the real benchmark's data.
+            "paper": {} if synthetic else dict(self.paper),
+            "data": "synthetic" if synthetic else "benchmark",
             "version": self.version,
         }
         result.update(body)

@@ -1,10 +1,10 @@
 """LLaVA-Bench (In-the-Wild): a GPT judge compares our answer with GPT-4's; relative score per category.
 
-Protocol of eval_gpt_review_bench.py + summarize_gpt_review.py: image captions, the question, the
-reference answer (Assistant 1) and ours (Assistant 2) go to the judge with the category's rule; the
-first line of the review holds two 1-10 scores. Unlike the reference, a failed call or an unparsable
-review ([-1, -1] there) is counted and left out of the means instead of being averaged in, and too many
-failures withhold the score.
+Protocol of eval_gpt_review_bench.py + summarize_gpt_review.py, its rounding included: image captions,
+the question, the reference answer (Assistant 1) and ours (Assistant 2) go to the judge with the
+category's rule; the first line of the review holds two 1-10 scores. Unlike the reference, a failed call
+or an unparsable review ([-1, -1] there) is counted and left out of the means instead of being averaged
+in, and too many failures withhold the score.
 """
 
 from __future__ import annotations

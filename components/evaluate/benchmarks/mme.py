@@ -115,6 +115,7 @@ def score_mme(inp: ScoreInput) -> dict[str, Any]:
             "other_answers": m["other_answers"],
             "images": m["images"],
         }
+    # Summed in calculation.py's subtask order, so the totals agree with it to the last bit.
     perception = [t for t in MME_PERCEPTION if t in subtasks]
     cognition = [t for t in MME_COGNITION if t in subtasks]
     details: dict[str, Any] = {

@@ -1,6 +1,6 @@
 import pytest
 
-from components.core.config import ConfigError, load_config, load_raw, validate
+from components.core.config import CONFIG_DIR, ConfigError, load_config, load_raw, validate
 
 # The reference recipe (haotian-liu/LLaVA scripts/v1_5/*.sh, llava15.md §1.2), field by field.
 PRETRAIN = {
@@ -29,12 +29,14 @@ def test_paper_recipes_equal_the_reference(name, llm):
     assert cfg.model.llm.name_or_path == llm
     for stage, expected in ((cfg.pretrain, PRETRAIN), (cfg.finetune, FINETUNE)):
         for key, value in expected.items():
+            if key == "deepspeed":  # the packaged file, made absolute at load
+                value = str(CONFIG_DIR / value)
             assert getattr(stage, key) == value, (name, key)
         assert stage.schedule.kind == "cosine"
         assert stage.schedule.warmup_ratio == 0.03
         assert stage.optim.weight_decay == 0.0
         assert stage.optim.betas == (0.9, 0.999) and stage.optim.eps == 1e-8  # HF adamw_torch defaults
-        assert stage.optim.max_grad_norm == 0.0  # zero2/zero3.json set no clipping
+        assert stage.optim.max_grad_norm == 1.0  # written out in llava15_7b.yaml (see its comment)
         assert stage.per_device_batch * stage.gradient_accumulation * stage.num_workers == stage.global_batch
     assert cfg.pretrain.optim.lr == 1e-3
     if name.endswith("lora"):
@@ -59,10 +61,18 @@ def test_deepspeed_files_match_the_reference():
     assert "gradient_clipping" not in z2 and "optimizer" not in z2 and "scheduler" not in z3
 
 
-def test_type_error_names_file_and_key_path():
+def test_type_error_names_the_set_or_the_file_and_key_path(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config("tiny", ["finetune.optim.lr=fast"])
-    assert str(e.value).endswith("tiny.yaml: finetune.optim.lr: expected a number, got 'fast'")
+    assert str(e.value) == "--set finetune.optim.lr=fast: finetune.optim.lr: expected a number, got 'fast'"
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", ["nosuch.key=1"])
+    assert str(e.value) == "--set nosuch.key=1: nosuch: unknown key"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: tiny.yaml\nfinetune: {optim: {lr: fast}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bad, ["pretrain.max_steps=3"])
+    assert str(e.value) == f"{bad}: finetune.optim.lr: expected a number, got 'fast'"
 
 
 def test_unknown_and_missing_keys(tmp_path):

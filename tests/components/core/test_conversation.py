@@ -87,6 +87,11 @@ def test_image_token_moves_to_turn_start(value, expected):
     (rec("<image> q <image>", "a"), "multiple_image_tokens", "2 <image>"),
     (rec("<image> q", "a <image>"), "image_token_in_assistant_turn", "conversations[1].value"),
     (rec("q"), "roles_not_alternating", "last turn"),
+    ({"id": True, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+     "invalid_id", "got True"),
+    ({"id": 1.5, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+     "invalid_id", "got 1.5"),
+    ({**rec("<image> q", "a"), "image": ["a.jpg", "b.jpg"]}, "multiple_images", "lists 2 images"),
 ])
 def test_bad_records_name_reason_and_field(record, reason, fragment):
     with pytest.raises(RecordError) as e:

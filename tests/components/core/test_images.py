@@ -2,7 +2,6 @@ import io
 import struct
 import zlib
 
-import fsspec
 import numpy as np
 import pytest
 import torch
@@ -23,7 +22,6 @@ from components.core.images import (
     image_size,
     normalize,
     pixel_values,
-    read_image_file,
     resize_shortest_center_crop,
     transform_image,
 )
@@ -211,23 +209,8 @@ def test_decodes_by_content_behind_jpg_name(tmp_path, fmt):
     img = Image.new("RGB", (6, 5), (0, 0, 255))
     path = tmp_path / "ocr_vqa_item.jpg"
     path.write_bytes(encode(img.convert("P") if fmt == "GIF" else img, fmt))
-    out = read_image_file(str(path))
+    out = decode_image(path.read_bytes(), source=str(path))
     assert out.size == (6, 5) and px(out, 2, 2) == (0, 0, 255)
-
-
-def test_read_via_fsspec_url_and_explicit_filesystem():
-    fs = fsspec.filesystem("memory")
-    fs.pipe_file("/imgs/a.png", encode(Image.new("RGB", (3, 2), (1, 2, 3)), "PNG"))
-    assert px(read_image_file("memory://imgs/a.png"), 0, 0) == (1, 2, 3)
-    assert read_image_file("/imgs/a.png", filesystem=fs).size == (3, 2)
-    fs.rm("/imgs/a.png")
-
-
-def test_missing_file_names_path(tmp_path):
-    path = str(tmp_path / "nope.jpg")
-    with pytest.raises(ImageError, match="nope.jpg") as err:
-        read_image_file(path)
-    assert err.value.reason == "missing"
 
 
 # ---------------------------------------------------------------- bad data

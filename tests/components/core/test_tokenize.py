@@ -128,3 +128,20 @@ def test_expand_is_resolution_independent(tokenizer):
                                                      num_image_tokens=n, max_length=4096)
         direct = tokenize_sample(s, tokenizer, template="vicuna_v1", num_image_tokens=n, max_length=4096)
         assert ids == direct.input_ids and labels == direct.labels and not truncated
+
+
+@pytest.mark.parametrize("text", ["Red.</s> Then more.", "a <s> b", "<unk>", "<pad>"])
+def test_special_token_text_is_rejected_at_train_and_eval_time(tokenizer, tmp_path, text):
+    """A literal `</s>` would be tokenized as EOS (and supervised mid-answer): both tokenizer backends refuse it,
+    in training conversations and in evaluation questions alike."""
+    from components.prepare.json_tokenizer import load_json_tokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    for tok in (tokenizer, load_json_tokenizer(str(tmp_path))):
+        (out,) = tokenize_samples([sample_of(["<image>\nWhat?", text])], tok, template="vicuna_v1")
+        assert isinstance(out, RecordError) and out.reason == "special_token_text"
+        assert "conversations[1].value" in str(out)
+        with pytest.raises(RecordError, match="special token"):
+            tokenize_prompt(text, tok, template="vicuna_v1", num_image_tokens=N_IMG, has_image=True)
+    (ok,) = tokenize_samples([sample_of(["<image>\nWhat?", "s / ok"])], tokenizer, template="vicuna_v1")
+    assert not isinstance(ok, RecordError)

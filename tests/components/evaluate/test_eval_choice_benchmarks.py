@@ -119,9 +119,9 @@ MME_GT = {  # subtask -> image -> [(question, answer)] (one yes, one no)
 }
 
 
-def make_mme(root: Path) -> Path:
+def make_mme(root: Path, gt: dict[str, dict[str, list[tuple[str, str]]]] = MME_GT) -> Path:
     rows = []
-    for task, images in MME_GT.items():
+    for task, images in gt.items():
         qa = root / "MME_Benchmark_release_version" / task / "questions_answers_YN"
         qa.mkdir(parents=True)
         for image, pairs in images.items():
@@ -159,6 +159,32 @@ def test_mme_acc_acc_plus_and_totals(tmp_path: Path) -> None:
     assert res["details"]["perception"] == pytest.approx(125.0)
     assert res["details"]["cognition"] == pytest.approx(50.0)
     assert res["value"] == pytest.approx(125.0) and res["unit"] == "points"
+
+
+def test_mme_scores_and_totals_use_the_reference_arithmetic(tmp_path: Path) -> None:
+    # existence: 3 images, 4/6 questions and 1/3 images right; count: 5 images, 4/10 and 1/5 right. For
+    # both, calculation.py's acc*100 + acc_plus*100 differs in the last bit from 100*(acc + acc_plus).
+    def images(prefix: str, n: int) -> dict[str, list[tuple[str, str]]]:
+        return {
+            f"{prefix}{i}.jpg": [(f"Is {prefix}{i} a?", "Yes"), (f"Is {prefix}{i} b?", "No")]
+            for i in range(n)
+        }
+
+    root = make_mme(tmp_path / "MME", {"existence": images("e", 3), "count": images("c", 5)})
+    answers = {
+        "existence": ["Yes", "No", "Yes", "Yes", "No", "No"],  # image 0 both right, 1 and 2 one each
+        "count": ["Yes", "No", "Yes", "Yes", "No", "No", "No", "Yes", "No", "Yes"],  # 1 both, 2 one, 2 none
+    }
+    bench = get_benchmark("mme")
+    qs = bench.load_questions(root)
+    order = iter(answers["existence"] + answers["count"])
+    res = bench.score(qs, {q.question_id: next(order) for q in qs}, root)
+    existence = 4 / 6 * 100 + 1 / 3 * 100
+    count = 4 / 10 * 100 + 1 / 5 * 100
+    assert res["details"]["subtasks"]["existence"]["score"] == existence
+    assert res["details"]["subtasks"]["count"]["score"] == count
+    assert res["value"] == res["details"]["perception"] == 0 + existence + count  # summed in the tool's order
+    assert existence != 100 * (4 / 6 + 1 / 3) and count != 100 * (4 / 10 + 1 / 5)
 
 
 def test_mme_reference_answer_file_shuffled_and_with_repeated_ids(tmp_path: Path) -> None:

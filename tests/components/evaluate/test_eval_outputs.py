@@ -18,8 +18,9 @@ from components.evaluate.outputs import (
     write_category_table,
     write_chart,
 )
+from components.evaluate.pool import GeneratorActor, _image_ref
 from components.evaluate.scoring import read_predictions
-from components.evaluate.stage import GeneratorActor, _image_ref, _Job, _question_rows, _spread
+from components.evaluate.stage import _Job, _question_rows, _spread
 
 
 def q(i: int, *, qid: str | None = None, image: str | bytes | None = "images/a.jpg", prompt: str = "what?",
@@ -174,5 +175,6 @@ def test_actor_answers_rows_of_mixed_benchmarks(tokenizer, tmp_path: Path):
     bad = {**batch, "image_path": np.array([str(tmp_path / "gone.png"), None, None], dtype=object)}
     errors = set(actor(bad)["error"])
     assert len(errors) == 1 and "question 1" in errors.pop()
-    actor.generator.blank_images = True  # what GeneratorActor(..., blank_images=True) sets up
-    assert list(actor(bad)["error"]) == ["", "", ""]  # blank images: no file is read
+    blank = {**bad, "blank": np.array([True, True, True])}  # the image-dependence pass
+    assert list(actor(blank)["error"]) == ["", "", ""]  # blank images: no file is read
+    assert set(actor(bad)["error"]) != {""}  # the flag is per batch, not left on

@@ -158,3 +158,20 @@ def test_format_metrics_single_and_summary(tmp_path: Path) -> None:
         "status",
     ]
     assert table[2].split()[:3] == ["gqa", "accuracy", "33.33"] and table[3].split()[-1] == "skipped"
+
+
+def test_synthetic_data_is_never_compared_with_the_paper(tmp_path: Path) -> None:
+    from components.evaluate.benchmarks.base import SYNTHETIC_MARKER
+    from components.evaluate.outputs import write_chart
+
+    root = make_gqa(tmp_path / "gqa")
+    answers = write_answers(tmp_path / "a.jsonl", [("1", "yes")])
+    assert score_file("gqa", answers, root=root)["data"] == "benchmark"
+    (root / SYNTHETIC_MARKER).write_text("synthetic\n")
+    res = score_file("gqa", answers, root=root)
+    assert res["data"] == "synthetic" and res["paper"] == {}
+    assert format_metrics(res).splitlines()[0] == (
+        "gqa  accuracy = 33.33 %   (synthetic benchmark data: not comparable with the paper)")
+    assert "paper" not in format_metrics([res]).splitlines()[2]
+    write_chart(tmp_path / "chart.png", res)  # one bar, titled as synthetic
+    assert (tmp_path / "chart.png").stat().st_size > 0

@@ -207,3 +207,31 @@ def test_in_process_generation_answers_as_the_actor_pool(stage, eval_root, model
     with pytest.raises(ValueError, match="in_process generation runs on CPU"):
         run_benchmark("gqa", model_dir=model_dir, eval_root=eval_root, out_dir=tmp_path, use_gpu=True,
                       in_process=True)
+
+
+@pytest.mark.e2e
+def test_a_warm_pool_serves_several_benchmark_jobs(ray_local, eval_root, model_dir, tmp_path):
+    """The pipeline's evaluate jobs share one pool per model: same replicas for every job, blank pass included,
+    answers equal to the in-process path; closing it at the end of the run stops the replicas."""
+    from components.evaluate.pool import PoolSpec, close_warm_pools, warm_pool
+
+    spec = PoolSpec(str(model_dir), "vicuna_v1", batch_size=4, num_actors=1, use_gpu=False)
+    pool = warm_pool(spec)
+    actors = list(pool.actors)
+    common = dict(model_dir=model_dir, eval_root=eval_root, batch_size=4, limit=LIMIT, max_new_tokens=6)
+    gqa = run_benchmark("gqa", out_dir=tmp_path / "a", pool=pool, **common)
+    blank = run_benchmark("gqa", out_dir=tmp_path / "b", pool=warm_pool(spec), blank_images=True, **common)
+    pope = run_benchmark("pope", out_dir=tmp_path / "c", pool=warm_pool(spec), **common)
+    assert warm_pool(spec) is pool and pool.actors == actors  # no new replica was started
+    reference = run_benchmarks(["gqa", "pope"], out_dir=tmp_path / "d", in_process=True, **common)
+    run_benchmarks(["gqa"], out_dir=tmp_path / "e", in_process=True, blank_images=True, **common)
+    assert [gqa["value"], pope["value"]] == [r["value"] for r in reference]
+
+    def answers(folder: Path) -> list[str]:
+        return [json.loads(x)["text"] for x in (folder / "gqa" / "answers.jsonl").read_text().splitlines()]
+
+    assert answers(tmp_path / "a") == answers(tmp_path / "d") and len(answers(tmp_path / "a")) == LIMIT
+    assert blank["generation"]["blank_images"] is True and answers(tmp_path / "b") == answers(tmp_path / "e")
+    close_warm_pools()
+    assert pool.actors == [] and warm_pool(spec) is not pool
+    close_warm_pools()

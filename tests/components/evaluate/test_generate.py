@@ -11,7 +11,6 @@ from PIL import Image
 
 from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 from components.core.tokenize import tokenize_prompt
-from components.evaluate.bench import bench_generate, format_bench, synthetic_items
 from components.evaluate.generate import (
     GenerationError,
     Generator,
@@ -179,26 +178,3 @@ def test_compare_answers_lists_differences_and_missing():
     diffs = compare_answers({"a": "x", "b": "y"}, {"a": "x", "b": "z", "c": "w"})
     assert diffs == [{"key": "b", "reference": "y", "candidate": "z"},
                      {"key": "c", "reference": None, "candidate": "w"}]
-
-
-def test_bench_generate_reports_both_throughputs_and_parity(generator, capsys):
-    result = bench_generate(generator, synthetic_items(6, seed=4), batch_size=3, n=6, max_new_tokens=4)
-    assert result["n"] == 6 and result["batch_size"] == 3
-    assert result["batch1_samples_per_s"] > 0 and result["batched_samples_per_s"] > 0
-    assert result["speedup"] == pytest.approx(result["batch1_s"] / result["batched_s"])
-    assert result["n_different"] == 0
-    out = capsys.readouterr().out
-    assert "batch 1" in out and "batch 3" in out and "6/6 answers identical" in out
-    assert format_bench(result) in out
-
-
-def test_bench_generate_threads_apply_only_during_the_run(generator):
-    before = torch.get_num_threads()
-    result = bench_generate(generator, synthetic_items(2), batch_size=2, n=2, max_new_tokens=2, threads=2,
-                            verbose=False)
-    assert result["torch_threads"] == 2 and torch.get_num_threads() == before == 1
-
-
-def test_bench_generate_rejects_bad_sizes(generator):
-    with pytest.raises(ValueError, match="batch_size"):
-        bench_generate(generator, batch_size=0, n=2)

@@ -172,7 +172,9 @@ def test_registry_entry(exported, mlflow_target):
     assert version.tags["pipeline_fingerprint"] == "fp-1234"
     assert version.tags["mm_projector_type"] == "mlp2x_gelu" and version.tags["parity_ok"] == "True"
     logged = {a.path for a in client.list_artifacts(mlflow_target.run_id, "model")}
-    assert {"model/config.json", "model/model.safetensors", "model/processor_config.json"} <= logged
+    assert "model/MLmodel" in logged  # an MLflow model, not just files
+    inner = {a.path for a in client.list_artifacts(mlflow_target.run_id, "model/artifacts/model")}
+    assert {"config.json", "model.safetensors", "processor_config.json"} <= {p.rsplit("/", 1)[1] for p in inner}
     run = client.get_run(mlflow_target.run_id)
     assert run.data.metrics["parity_ok"] == 1.0 and run.data.metrics["parity_checked"] == 4.0
     assert {a.path for a in client.list_artifacts(mlflow_target.run_id, "export")} == {"export/parity.json"}
@@ -287,3 +289,26 @@ def test_s3_model_dir_and_output(s3_server, model_dir, tmp_path, monkeypatch):
         Path(p).name for p in fs.ls("export-bucket/export/model")}
     summary = json.loads(fs.cat("export-bucket/export/export.json"))
     assert summary["model"] == "s3://export-bucket/export/model" and summary["parity_ok"] is None
+
+
+def test_registered_version_loads_and_answers_through_mlflow(exported, mlflow_target, model_dir, monkeypatch):
+    """MLflow's own loader: `models:/NAME/N` is a pyfunc that answers as our evaluation path does."""
+    import io
+
+    import mlflow
+    import pandas as pd
+
+    from components.evaluate.generate import Generator, GenItem
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_target.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/tiny-llava/1")
+    img = _image(90, 60, (220, 40, 40))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    questions = pd.DataFrame({"question": ["What colour is the shape?", "Name a shape with three sides."],
+                              "image": [buf.getvalue(), None]})
+    answers = model.predict(questions, params={"max_new_tokens": NEW_TOKENS})
+    ours = Generator.from_dir(model_dir, device="cpu", max_new_tokens=NEW_TOKENS)
+    expected = ours.generate_batch([GenItem("a", "What colour is the shape?", img)])
+    expected += ours.generate_batch([GenItem("b", "Name a shape with three sides.", None)])
+    assert list(answers) == expected and all(expected)

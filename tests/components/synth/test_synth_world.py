@@ -21,6 +21,8 @@ ROLES = {
     "dev_questions",
     "dev_annotations",
     "dev_images",
+    "eval_marker",
+    "dev_marker",
     "scene_metadata",
 }
 

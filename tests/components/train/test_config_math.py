@@ -28,7 +28,10 @@ def test_deepspeed_auto_fields_come_from_the_stage():
     assert "auto" not in json.dumps(ds)
     pre = deepspeed_config(load_config("tiny").pretrain, world=1, hidden_size=64)
     assert pre["gradient_accumulation_steps"] == 2 and pre["bf16"]["enabled"] is False
-    assert "gradient_clipping" not in pre
+    assert pre["gradient_clipping"] == 1.0  # the default max_grad_norm
+    off = load_config("tiny", ["pretrain.optim.max_grad_norm=0"]).pretrain
+    # Written even when off: DeepSpeed >= 0.19.3 clips at 1.0 when the key is absent.
+    assert deepspeed_config(off, world=1, hidden_size=64)["gradient_clipping"] == 0.0
 
 
 def test_deepspeed_config_errors_name_the_file(tmp_path):
@@ -37,11 +40,14 @@ def test_deepspeed_config_errors_name_the_file(tmp_path):
     stage = load_config("tiny", [f"pretrain.deepspeed={bad}"]).pretrain
     with pytest.raises(ValueError, match=r"ds.json: zero_optimization.mystery is \"auto\""):
         deepspeed_config(stage, world=2, hidden_size=8)
+    bad.write_text(json.dumps({"gradient_clipping": 1.0}))
+    with pytest.raises(ValueError, match="ds.json: remove gradient_clipping; the stage's optim.max_grad_norm"):
+        deepspeed_config(stage, world=2, hidden_size=8)
     bad.write_text(json.dumps({"optimizer": {"type": "AdamW"}}))
     with pytest.raises(ValueError, match="remove the optimizer"):
         deepspeed_config(stage, world=2, hidden_size=8)
-    stage = load_config("tiny", [f"pretrain.deepspeed={tmp_path / 'missing.json'}"]).pretrain
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    stage = stage.model_copy(update={"deepspeed": str(tmp_path / "missing.json")})  # past load_config's check
+    with pytest.raises(ValueError, match="deepspeed: DeepSpeed config .*missing.json' not found"):
         deepspeed_config(stage, world=2, hidden_size=8)
 
 
@@ -66,3 +72,12 @@ def test_flops_and_mfu():
     assert peak_flops("Some CPU", "bf16") is None
     assert mfu(989e12, 1.0, 2, 989e12) == pytest.approx(0.5)
     assert mfu(1.0, 1.0, 1, None) is None
+
+
+def test_packing_is_on_by_default_on_gpu_and_off_on_cpu():
+    paper = load_config("llava15_7b")
+    assert paper.pretrain.packed and paper.finetune.packed  # use_gpu: auto → on
+    tiny = load_config("tiny")
+    assert not tiny.pretrain.packed and not tiny.finetune.packed  # CPU default keeps the padded layout
+    assert load_config("tiny", ["finetune.packing=on"]).finetune.packed
+    assert not load_config("llava15_7b", ["finetune.packing=off"]).finetune.packed

@@ -41,6 +41,7 @@ def world(tmp_path_factory, ray_local):
         f"data.pretrain=[{{annotations: {pre}, image_root: {synth / 'images'}, name: captions}}]",
         f"data.finetune=[{{annotations: {fin}, image_root: {synth / 'images'}, name: mix}}]",
         "pretrain.max_steps=14", "pretrain.optim.lr=5e-3",
+        "pretrain.packing=on",  # the padding-free layout through the recipe (finetune keeps the padded one)
         "finetune.max_steps=8", "finetune.checkpoint_every=2",
         # data-parallel ZeRO-3, as the paper's finetune (tiny.yaml itself finetunes on one ZeRO-2 worker)
         "finetune.deepspeed=deepspeed/zero3.json", "finetune.num_workers=2", "finetune.cpus_per_worker=0.5",

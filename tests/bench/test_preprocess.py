@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from components.prepare.bench import bench_preprocess, format_table, write_bench_data
+from bench.preprocess import bench_preprocess, format_table, write_bench_data
 
 KEYS = {
     "n", "cpus", "size", "image_size", "images", "mean_image_kb",
@@ -59,11 +59,11 @@ def test_reference_path_supervises_the_same_text_as_ours(tmp_path):
     tokenization-mismatch masking. (The ids themselves differ by design: the reference tokenizes the text
     after <image> and after each </s> as a fresh string, which adds a prefix-space piece there; we tokenize
     the rendered prompt as one string, as transformers' LlavaProcessor does at inference.)"""
+    from bench.preprocess import SlowTokenizer, reference_tokenize
     from components.core.config import DataSource
     from components.core.conversation import normalize_image_token, parse_record
     from components.core.tokenize import IGNORE_INDEX, supervised_spans, tokenize_samples
     from components.models.tokenizer import SPM_FILE, load_tokenizer, train_tokenizer
-    from components.prepare.bench import SlowTokenizer, reference_tokenize
     from components.prepare.run import corpus_texts
 
     info = write_bench_data(tmp_path / "data", 120, (64, 48))

@@ -1,0 +1,58 @@
+"""A tiny random-init LLaVA in float64 and prepared rows for it: exact comparisons of training computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
+from components.core.tokenize import IGNORE_INDEX
+from components.models.assembly import build_model, num_image_tokens
+from components.models.tokenizer import image_token_id
+from components.train.collate import CollateSpec
+
+CFG = ModelConfig(
+    vision=VisionConfig(random_init=RandomVision(image_size=28, patch_size=14, hidden_size=32, num_layers=2,
+                                                 num_heads=2, intermediate_size=64)),
+    llm=LLMConfig(random_init=RandomLLM(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                                        max_position_embeddings=256)),
+)
+LENGTHS = [(9, True), (3, False), (14, True), (6, False)]  # (text tokens, has image)
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tokenizer):
+    """In training mode (the training path); dropout is 0 in these configs."""
+    torch.manual_seed(0)
+    m = build_model(CFG, tokenizer, dtype=torch.float64, seed=1)
+    m.train()
+    return m
+
+
+@pytest.fixture(scope="module")
+def tiny_spec(tokenizer) -> CollateSpec:
+    return CollateSpec(image_id=image_token_id(tokenizer), num_image_tokens=num_image_tokens(CFG), max_length=64,
+                       pad_id=tokenizer.pad_token_id, image_size=28)
+
+
+def rows_for(tokenizer, seed: int = 0, text_only: bool = False):
+    """Prepared rows (one <image> id, BOS first, a supervised text part) and their uint8 pixels."""
+    rng = np.random.default_rng(seed)
+    img = image_token_id(tokenizer)
+    ids, labels, pixels = [], [], []
+    for n_text, has_image in LENGTHS:
+        has_image = has_image and not text_only
+        text = rng.integers(10, len(tokenizer) - 10, n_text).tolist()
+        head = [tokenizer.bos_token_id, *([img] if has_image else [])]
+        ids.append(head + text)
+        cut = n_text // 3  # the first third is context (instruction), the rest supervised
+        labels.append([IGNORE_INDEX] * (len(head) + cut) + text[cut:])
+        pixels.append(rng.integers(0, 256, (3, 28, 28), dtype=np.uint8).tobytes() if has_image else None)
+    return ids, labels, pixels
+
+
+@pytest.fixture
+def make_rows(tokenizer):
+    """make_rows(seed=0, text_only=False) -> (ids, labels, pixels) as the prepare stage stores them."""
+    return lambda seed=0, text_only=False: rows_for(tokenizer, seed, text_only)

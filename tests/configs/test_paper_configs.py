@@ -1,0 +1,30 @@
+"""The paper variants extend llava15_7b.yaml with only their differences and still resolve to the recipe they
+spelled out in full before (before_extends/: the files as they were, every key written out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.core.config import CONFIG_DIR, load_config
+
+BEFORE = Path(__file__).parent / "before_extends"
+
+
+@pytest.mark.parametrize("name", ["llava15_7b", "llava15_13b", "llava15_7b_lora"])
+def test_resolves_to_the_recipe_written_out_in_full(name: str, tmp_path: Path) -> None:
+    # Both loaded from one working directory, so their relative storage and data paths resolve alike.
+    now = load_config(name, cwd=tmp_path).model_dump()
+    before = load_config(BEFORE / f"{name}.yaml", cwd=tmp_path).model_dump()
+    assert now == before
+
+
+@pytest.mark.parametrize("name", ["llava15_13b", "llava15_7b_lora"])
+def test_variants_extend_the_7b_recipe(name: str) -> None:
+    text = (CONFIG_DIR / f"{name}.yaml").read_text()
+    assert yaml.safe_load(text)["extends"] == "llava15_7b.yaml"
+    # The opening comment (command, hardware, time, expected scores) stays with the variant.
+    assert text.splitlines()[:5] == (BEFORE / f"{name}.yaml").read_text().splitlines()[:5]
+    assert len(text.splitlines()) < 20

@@ -1,0 +1,116 @@
+"""Each change reruns exactly the stages that read it (and, through their fingerprints, what is downstream of
+them): the seed, a DeepSpeed JSON, an annotation file, the training-time pixel code, the judge; an unrelated
+key reruns nothing. Plans of the real DAG on an empty storage root (no Ray)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from components.core import fingerprint as fp
+from components.core.config import load_config
+from pipelines.executor import downstream, make_plan
+from pipelines.llava15 import build_stages
+
+
+@pytest.fixture(autouse=True)
+def _digest_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLAVA_JUDGE_BASE_URL", raising=False)
+    monkeypatch.delenv("LLAVA_JUDGE_MODEL", raising=False)
+
+
+def fingerprints(cfg, root) -> dict[str, str]:
+    return {p.stage.name: p.fingerprint for p in make_plan(cfg, build_stages(cfg), str(root))}
+
+
+def changed(a: dict[str, str], b: dict[str, str]) -> set[str]:
+    assert a.keys() == b.keys()
+    return {name for name in a if a[name] != b[name]}
+
+
+def readers_and_below(cfg, *readers: str) -> set[str]:
+    return downstream(build_stages(cfg), set(readers))
+
+
+def test_seed_reruns_the_training_stages(tmp_path):
+    base = load_config("tiny")
+    seeded = load_config("tiny", ["seed=1"])
+    assert changed(fingerprints(base, tmp_path), fingerprints(seeded, tmp_path)) == \
+        readers_and_below(base, "pretrain", "finetune")
+
+
+def test_unrelated_keys_rerun_nothing(tmp_path):
+    base = fingerprints(load_config("tiny"), tmp_path)
+    for override in ("tracking.experiment=other", "evaluate.concurrency=1", "prepare.cpus_per_task=1",
+                     "finetune.keep_checkpoints=2", "evaluate.num_actors=2"):
+        assert changed(base, fingerprints(load_config("tiny", [override]), tmp_path)) == set(), override
+
+
+def test_an_edited_deepspeed_json_reruns_the_stage_that_uses_it(tmp_path):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for stage in ("pretrain", "finetune"):
+        shutil.copy(fp.REPO_ROOT / "configs" / "deepspeed" / "zero2.json", ds / f"{stage}.json")
+    cfg = load_config("tiny", [f"pretrain.deepspeed={ds / 'pretrain.json'}",
+                               f"finetune.deepspeed={ds / 'finetune.json'}"])
+    before = fingerprints(cfg, tmp_path)
+    text = json.loads((ds / "finetune.json").read_text())
+    text["gradient_clipping"] = 0.5
+    (ds / "finetune.json").write_text(json.dumps(text))
+    assert changed(before, fingerprints(cfg, tmp_path)) == readers_and_below(cfg, "finetune")
+
+
+def test_an_edited_annotation_file_reruns_prepare(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    ann = data / "captions.json"
+    ann.write_text(json.dumps([{"id": "1", "image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a red square"}]}]))
+    cfg = load_config("tiny", [f"data.pretrain=[{{annotations: {ann}, image_root: {data}}}]"])
+    before = fingerprints(cfg, tmp_path)
+    ann.write_text(ann.read_text().replace("red", "blue"))  # same size, edited in place
+    assert changed(before, fingerprints(cfg, tmp_path)) == readers_and_below(cfg, "prepare")
+
+
+def test_edited_pixel_code_reruns_the_training_stages(tmp_path, monkeypatch):
+    code = tmp_path / "code"
+    for package in ("components", "pipelines"):
+        shutil.copytree(fp.REPO_ROOT / package, code / package, ignore=shutil.ignore_patterns("__pycache__"))
+    cfg = load_config("tiny")
+    monkeypatch.setattr(fp, "REPO_ROOT", code)
+    before = fingerprints(cfg, tmp_path)
+    pixels = code / "components" / "prepare" / "pixels.py"
+    pixels.write_text(pixels.read_text() + "\n# an edit\n")
+    assert changed(before, fingerprints(cfg, tmp_path)) == readers_and_below(cfg, "pretrain", "finetune")
+
+
+def test_a_judge_configured_later_reruns_the_judged_benchmarks(tmp_path, monkeypatch):
+    cfg = load_config("tiny")
+    plan = {p.stage.name: p for p in make_plan(cfg, build_stages(cfg), str(tmp_path))}
+    assert "skipped: no judge configured" in plan["evaluate.mmvet"].why
+    assert "skipped: no judge configured" not in plan["evaluate.gqa"].why
+    before = {name: p.fingerprint for name, p in plan.items()}
+    monkeypatch.setenv("LLAVA_JUDGE_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("LLAVA_JUDGE_MODEL", "judge-model")
+    monkeypatch.setenv("LLAVA_JUDGE_API_KEY", "secret-key-never-fingerprinted")
+    after_plan = make_plan(cfg, build_stages(cfg), str(tmp_path))
+    assert changed(before, {p.stage.name: p.fingerprint for p in after_plan}) == \
+        readers_and_below(cfg, "evaluate.llava_bench", "evaluate.mmvet")
+    assert "secret-key" not in json.dumps([p.inputs for p in after_plan])
+    monkeypatch.setenv("LLAVA_JUDGE_MODEL", "another-judge")
+    assert changed(before, fingerprints(cfg, tmp_path)) == \
+        readers_and_below(cfg, "evaluate.llava_bench", "evaluate.mmvet")
+
+
+def test_an_unreadable_manifest_is_absent_not_a_crash(tmp_path):
+    from pipelines.executor import MANIFEST
+
+    cfg = load_config("tiny")
+    plan = make_plan(cfg, build_stages(cfg), str(tmp_path))
+    out = Path(plan[0].out)
+    out.mkdir(parents=True)
+    (out / MANIFEST).write_text('{"stage": "synth", "finger')  # a torn write from an older version
+    again = make_plan(cfg, build_stages(cfg), str(tmp_path))
+    assert again[0].action == "run"

@@ -49,6 +49,13 @@ run() {  # run NAME MIN_SECONDS ARGS...: one case, skipped when less than MIN_SE
 run loader 20 --case loader
 run anchor 60 --case anchor
 run ours-z2 120 --case ours-z2
+# Exactness of the GPU route (flex attention on packed rows = sdpa on padded rows, loss and gradients).
+if [ $((BUDGET_S - (SECONDS - START))) -gt 60 ]; then
+  echo "== packing exactness on $DEVICE"
+  timeout $((BUDGET_S - (SECONDS - START))) python3 -m pytest -rs \
+    tests/components/train/test_packing.py tests/components/train/test_loss.py >"$OUT/exactness.log" 2>&1
+  rc=$?; grep -E "passed|failed|SKIPPED|^FAILED" "$OUT/exactness.log"; [ $rc -ne 0 ] && FAILED+=("exactness(rc $rc)")
+fi
 run ours-z3 60 --case ours-z3 --fixed-only
 # Single device: bigger buckets (DeepSpeed's own 5e8 instead of h²) and no overlap stream to hide copies behind.
 run ours-z2-buckets 60 --case ours-z2 --label ours-z2-buckets5e8-nooverlap --fixed-only \

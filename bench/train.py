@@ -7,8 +7,9 @@ Model: CLIP ViT-L/14-336 + a TinyLlama-1.1B-shaped Llama (vocab 32000), random i
   tower, `model(**batch).loss.backward()`), on the fixed shape and then on both mixes, each batch padded to its
   longest sample as the reference collator does, batches made by modality-length grouping.
 - `ours-z2`: our step (build_model, collate, supervised_loss, DeepSpeed ZeRO-2 with our AdamW, bf16) on the
-  fixed shape packed (the GPU default) and padded, then on both mixes packed: the same micro-batches.
-- `ours-z3`: the fixed shape under ZeRO-3 (the paper's finetune setting).
+  fixed shape padded and packed (the GPU default: flex attention), the finetune mix padded and packed, the
+  pretrain mix packed: the anchor's micro-batches. `--ds KEY=VALUE` varies the DeepSpeed config.
+- `ours-z3`: the fixed shape under ZeRO-3 (the paper's finetune setting), packed.
 - `loader`: the training loader's per-sample work (JPEG decode, pad to square, resize to 336) in one process:
   samples/s per CPU core, to set beside the GPU's samples/s.
 
@@ -17,13 +18,15 @@ padding. Useful tokens are the samples' own tokens (no padding); MFU counts only
 formula (6·N_llm per trained-LLM token — 4·N when the LLM is frozen but gradients pass through it, as in
 pretraining —, its causal attention term, 2·N_vision per vision token) over a measured bf16 matmul peak.
 
-The length mixes (per sample: text tokens, supervised share, image or not). Counts are exact; token lengths
-are modelled as log-normal per source, with medians estimated from each source's format (Llama tokens, the
-Vicuna system prompt ~35 tokens and ~6 per turn of "USER:/ASSISTANT:" included), capped at 2048 - 576:
+The length mixes (per sample: text tokens, supervised share, image or not). Source counts are exact (from
+../shared/reference/llava15.md §2.2-2.3); token lengths are a model, not read from the data (no copy of it
+here): log-normal per source, medians estimated from each source's format (Llama tokens, the Vicuna system
+prompt ~35 tokens and ~6 per turn of "USER:/ASSISTANT:" included), capped at 2048 - 576. Measure them on
+the real json when it is at hand and change the numbers here.
 - pretrain, LCS-558K (reference §2.2, preprocess_plain §3.3): BOS + image + a BLIP caption + "\\n", all
   caption tokens supervised; captions median 14 tokens (σ 0.35), i.e. about 10 words.
 - finetune, llava_v1_5_mix665k (665,298 samples, composition per LLaVA issue #702; the VQA-style sources
-  merge all questions about one image into one multi-turn conversation, LLaVA-1.5 paper §3.2/Appendix):
+  hold several questions about one image per sample, as multi-turn conversations; turn counts estimated):
   LLaVA-Instruct 157,712 (median 300 text tokens, σ 0.5, 55% supervised); ShareGPT 40,688 text-only
   (median 900, σ 0.7, 65%); VQAv2 82,783 (about 5 questions: median 130, σ 0.4, 10%); GQA 72,140 (about 10:
   median 260, σ 0.5, 10%); OKVQA 8,998 (median 60, σ 0.3, 10%); OCR-VQA 80,000 (about 5: median 140, σ 0.4,
@@ -31,6 +34,7 @@ Vicuna system prompt ~35 tokens and ~6 per turn of "USER:/ASSISTANT:" included),
   (median 220, σ 0.5, 30%); VG 86,417 (median 260, σ 0.5, 30%).
 So about 6% of finetune samples are text-only and long, the rest 577 image tokens plus 50-700 text tokens.
 
+    bash bench/gpu_check.sh [--device cpu]                       # every case, one table (see that script)
     python -m bench.train --case anchor --json out.json          # one case; --device cpu --tiny: a dry run
     python -m bench.train --table out/*.json                     # the side-by-side table of several cases
 """
@@ -407,7 +411,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
                      f"640x480 JPEGs → {loader['shape']})")
         for r in results:
             if r["case"] != "anchor" and r["shape"].startswith("mix") and "error" not in r:
-                lines.append(f"  {r['case']} {r['shape']}: {r['samples_per_s']:.1f} samples/s on the GPU needs "
+                layout = "packed" if r.get("packed") else "padded"
+                lines.append(f"  {r['case']} {r['shape']} {layout}: {r['samples_per_s']:.1f} samples/s on the GPU needs "
                              f"{r['samples_per_s'] / loader['samples_per_cpu_s']:.2f} loader cores")
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from components.core.config import ConfigError, PipelineConfig, load_config
+from components.core.redact import redact
 from pipelines.executor import PipelineError
 from pipelines.job_client import JobError
 
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return fn(args)
     except (ConfigError, PipelineError, JobError, ValueError, FileNotFoundError) as e:
         # Known, user-facing problems: one clear line, no traceback.
-        print(f"llava-pipeline {args.command}: error: {e}", file=sys.stderr)
+        print(f"llava-pipeline {args.command}: error: {redact(str(e))}", file=sys.stderr)
         return 2
 
 

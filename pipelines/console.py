@@ -9,6 +9,7 @@ stderr. With `--json` stdout carries exactly one JSON object; the stage lines go
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import threading
@@ -31,6 +32,17 @@ class Console:
         stream.flush()
 
 
+def _terminal(stream: IO[str], fd: int) -> IO[str]:
+    """Where results go once fds 1 and 2 point at the log: a copy of the real descriptor, or the Python-level
+    stream itself when a caller replaced it (contextlib.redirect_stdout, pytest's capsys)."""
+    try:
+        if stream.fileno() in (1, 2):
+            return os.fdopen(os.dup(fd), "w", buffering=1)
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass
+    return stream
+
+
 @contextlib.contextmanager
 def captured(log_path: Path, *, verbose: bool) -> Iterator[Console]:
     """Redirect fds 1 and 2 into `log_path` for the block (verbose: through a pipe that also copies to the real
@@ -39,8 +51,7 @@ def captured(log_path: Path, *, verbose: bool) -> Iterator[Console]:
     sys.stdout.flush()
     sys.stderr.flush()
     real_out, real_err = os.dup(1), os.dup(2)
-    console = Console(os.fdopen(os.dup(real_out), "w", buffering=1), os.fdopen(os.dup(real_err), "w", buffering=1),
-                      log_path)
+    console = Console(_terminal(sys.stdout, real_out), _terminal(sys.stderr, real_err), log_path)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     pump: threading.Thread | None = None
     if verbose:
@@ -87,9 +98,12 @@ def log_file(root: str, command: str) -> Path:
 
 
 def publish_log(path: Path, root: str) -> str:
-    """The log's final location (a remote root gets a copy under `{storage}/logs/`)."""
+    """The log's final location (a remote root gets a copy under `{storage}/logs/`). Its text is redacted first:
+    a library may have printed a URI with its credentials."""
     from components.core import storage
+    from components.core.redact import redact
 
+    path.write_text(redact(path.read_text(encoding="utf-8", errors="replace")), encoding="utf-8")
     if not storage.is_remote(root):
         return str(path)
     target = storage.join(root, "logs", path.name)

@@ -56,6 +56,9 @@ class JobSpec:
 
 def _project_config(config: str) -> str:
     """The config's path relative to the uploaded project folder (the job reads it from there)."""
+    if not (PROJECT_ROOT / "pyproject.toml").is_file():  # an installed copy: its folder is site-packages
+        raise JobError(f"submit uploads your project checkout as the job's code, but llava-pipeline is installed "
+                       f"(from {PROJECT_ROOT}); run submit from a checkout installed with `pip install -e .`")
     path = resolve_path(config).resolve()
     try:
         return path.relative_to(PROJECT_ROOT).as_posix()

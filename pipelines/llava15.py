@@ -216,12 +216,16 @@ def _judge_env(bench: str) -> Callable[[], dict[str, Any]]:
 
 def _sweep_reads(c: PipelineConfig) -> tuple[str, ...]:
     """What a sweep's result depends on: the searched dimensions' own settings are left out, so switching
-    model.connector between `auto` and a fixed value does not rerun the sweep."""
-    skip = {"model.connector"} if c.sweep.space.connector else set()
+    model.connector between `auto` and a fixed value does not rerun the sweep (nor do the training stages'
+    checkpoint retention settings, which the sweep's proxy runs do not use)."""
+    skip = {"pretrain.keep_checkpoints", "finetune.keep_checkpoints"}
+    if c.sweep.space.connector:
+        skip.add("model.connector")
     if c.sweep.space.resolution:
         skip.add("model.vision.image_size")
-    model = [f"model.{k}" for k in flatten(c.model.model_dump(mode="json")) if f"model.{k}" not in skip]
-    return ("seed", "sweep", *model, "pretrain", "finetune", "evaluate.root", "evaluate.template")
+    dump = c.model_dump(mode="json")
+    leaves = [f"{section}.{k}" for section in ("model", "pretrain", "finetune") for k in flatten(dump[section])]
+    return ("seed", "sweep", *(k for k in leaves if k not in skip), "evaluate.root", "evaluate.template")
 
 
 def config_problems(cfg: PipelineConfig) -> list[str]:

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from components.core.config import PipelineConfig
+from components.core.redact import redact, redact_json
 
 from .artifacts import storage_root
 from .console import Console, captured, display_status, log_file, publish_log
@@ -50,7 +51,7 @@ def format_results(results: dict[str, dict[str, Any]]) -> str:
     for name, r in results.items():
         lines.append(f"{name:22s} {display_status(r):8s} {r['duration_s']:8.1f}s  {key_metrics(r.get('metrics', {}))}")
         if r.get("error"):
-            lines.append(f"{'':22s} error: {r['error']}")
+            lines.append(f"{'':22s} error: {redact(r['error'])}")
     return "\n".join(lines)
 
 
@@ -76,7 +77,7 @@ class StageLines:
     def end_stage(self, run_id: str, p: PlannedStage, result: dict[str, Any]) -> None:
         self.tracker.end_stage(run_id, p, result)
         status = display_status(result)
-        detail = f"error: {result['error']}" if result.get("error") else key_metrics(result.get("metrics", {}))
+        detail = f"error: {redact(result['error'])}" if result.get("error") else key_metrics(result.get("metrics", {}))
         self._say(f"{p.stage.name:22s} {status:9s} {result['duration_s']:7.1f}s  {detail}")
 
 
@@ -139,11 +140,11 @@ def run_pipeline(
     tracker.log_file(str(console.log_path))
     failed = any(r["status"] == "failed" for r in results.values())
     if as_json:
-        console.line(json.dumps(_json_summary(results, tracker, log), default=str))
+        console.line(json.dumps(redact_json(_json_summary(results, tracker, log)), default=str))
     else:
         console.line("\n" + format_results(results))
         console.line(f"\nMLflow: {tracker.where()}\nLog of this run: {log}")
     for r in results.values():
         if r.get("traceback"):
-            console.line(r["traceback"], to_err=True)
+            console.line(redact(r["traceback"]), to_err=True)
     return 1 if failed else 0

@@ -9,6 +9,7 @@ refusal is a `DataFileError` whose `reason` is the record's rejection reason.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import stat
@@ -47,6 +48,11 @@ def _is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    return os.path.realpath(root)  # one lstat per path component: per record, only the name's are needed
+
+
 def resolve(where: DataRoot, name: str) -> str:
     """The path or URL to read for `name`, checked against the root (nothing is opened)."""
     if not name or "\0" in name:
@@ -57,7 +63,7 @@ def resolve(where: DataRoot, name: str) -> str:
         if where.allow_absolute and _is_remote(name):
             return name
         raise DataFileError("image_is_url", f"{name}: a URL, but the image root {where.root} is a local folder")
-    root = os.path.realpath(where.root.removeprefix("file://"))
+    root = _real_root(where.root.removeprefix("file://"))
     real = os.path.realpath(os.path.join(root, name))  # an absolute name replaces the root here
     if not where.allow_absolute and real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
         raise DataFileError("image_outside_root", f"{name}: resolves to {real}, outside the image root {root}")

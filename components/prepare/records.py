@@ -50,6 +50,7 @@ def _checked(source: str, index: int, value: Any) -> RawRecord:
 
 
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+_TOO_DEEP = "JSON nested too deeply to parse"
 
 
 def split_records(data: bytes, source: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[RawRecord]:
@@ -81,13 +82,16 @@ def split_records(data: bytes, source: str, max_line_bytes: int = DEFAULT_MAX_LI
         except json.JSONDecodeError as e:
             yield RawRecord(source, lineno, None, "malformed_json", f"{source} line {lineno}: not valid JSON ({e.msg})")
             continue
+        except RecursionError:
+            yield RawRecord(source, lineno, None, "malformed_json", f"{source} line {lineno}: {_TOO_DEEP}")
+            continue
         yield _checked(source, lineno, item)
 
 
 def _whole_object(text: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -108,6 +112,9 @@ def _list_records(text: str, source: str) -> Iterator[RawRecord]:
             item, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
             yield _broken(source, index, text, e.pos, e.msg, lost_from=start)
+            return
+        except RecursionError:  # its end cannot be found without parsing it, so the rest is lost too
+            yield _broken(source, index, text, start, _TOO_DEEP, lost_from=start)
             return
         yield _checked(source, index, item)
         index += 1

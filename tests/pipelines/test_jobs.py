@@ -109,6 +109,15 @@ def test_config_outside_project_is_refused(clean_env, tmp_path):
         build_job_spec(str(outside), [])
 
 
+def test_an_installed_copy_is_not_uploaded(clean_env, monkeypatch, tmp_path):
+    """A non-editable install's folder is site-packages: submit refuses instead of uploading it."""
+    import pipelines.jobs as jobs
+
+    monkeypatch.setattr(jobs, "PROJECT_ROOT", tmp_path)
+    with pytest.raises(JobError, match="run submit from a checkout installed with `pip install -e .`"):
+        build_job_spec("tiny", [])
+
+
 def test_token_lookup_follows_ray(clean_env, monkeypatch, tmp_path):
     assert find_token() == (None, "no token found")
     (clean_env / ".ray").mkdir()

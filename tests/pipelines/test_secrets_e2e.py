@@ -78,7 +78,13 @@ def test_no_secret_reaches_any_output(mlflow_server, judge_server, tmp_path):
     assert judge_paths and all(p.endswith(f"?key={JUDGE_QUERY_KEY}") for p in judge_paths)  # the judge was used
 
     leaks: dict[str, list[str]] = {}
-    outputs = {"stdout": proc.stdout, "stderr": proc.stderr}
+    # The same command again with --json (every stage cached): the JSON names the tracking URI and the log.
+    as_json = subprocess.run([*argv, "--json"], env=env, capture_output=True, text=True, timeout=600,
+                             cwd=Path(__file__).resolve().parents[2])
+    assert as_json.returncode == 0, as_json.stderr[-4000:]
+    assert json.loads(as_json.stdout)["tracking_uri"] == f"http://***@{host}"
+    outputs = {"stdout": proc.stdout, "stderr": proc.stderr, "json stdout": as_json.stdout,
+               "json stderr": as_json.stderr}
     # Every file the run wrote under its storage root: manifests, stats, rejected.jsonl, metrics, logs, weights.
     for path in storage.rglob("*"):
         if path.is_file():

@@ -18,6 +18,7 @@ def tree(tmp_path):
     (root / "in_link").symlink_to(root / "a.jpg")
     (root / "dir_link").symlink_to(tmp_path)
     os.mkfifo(root / "fifo")
+    (root / "loop").symlink_to(root / "loop")
     return root
 
 
@@ -40,7 +41,7 @@ def test_escapes_are_refused_before_opening(tree, name):
     assert reason(DataRoot(str(tree)), name) == "image_outside_root"
 
 
-@pytest.mark.parametrize("name", [".", "sub", "fifo"])
+@pytest.mark.parametrize("name", [".", "sub", "fifo", "a.jpg/x"])
 def test_non_regular_files_are_refused(tree, name):
     assert reason(DataRoot(str(tree)), name) == "image_not_a_file"
 
@@ -66,6 +67,11 @@ def test_bytes_are_capped_and_missing_named(tree):
     with pytest.raises(DataFileError) as e:
         read_checked("/dev/zero")
     assert e.value.reason == "image_not_a_file"
+    assert reason(DataRoot(str(tree)), "loop") == "image_unreadable"  # a symlink loop: stat fails (ELOOP)
+    # A file larger than its stat said (procfs reports size 0): the read itself stops at the cap.
+    with pytest.raises(DataFileError, match="over the limit of 10") as e:
+        read_checked("/proc/self/status", max_bytes=10)
+    assert e.value.reason == "image_too_large"
 
 
 def test_remote_names_stay_under_the_remote_root():

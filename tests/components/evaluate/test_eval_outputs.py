@@ -119,7 +119,9 @@ def test_feed_rows_group_modalities_and_locate_images(tmp_path: Path):
     assert [r["feed"] for r in rows] == [0, 1, 2, 3]
     assert [(r["bench"], r["question_id"]) for r in rows] == [
         ("pope", "1"), ("pope", "0"), ("mmbench", "0"), ("mmbench", "1")]  # images first, then by length
-    assert rows[0]["image_path"] == f"{tmp_path / 'pope'}/images/a.jpg" and rows[0]["image_bytes"] is None
+    # The name as the question file gives it, and the folder it must stay under (the actor reads it there).
+    assert rows[0]["image_path"] == "images/a.jpg" and rows[0]["image_root"] == str(tmp_path / "pope")
+    assert rows[0]["image_bytes"] is None
     assert rows[2]["image_bytes"] == b"png" and rows[2]["image_path"] is None
     assert rows[3]["image_path"] is None and rows[3]["image_bytes"] is None
     assert [r["parity"] for r in rows] == [True, False, False, False]
@@ -161,7 +163,8 @@ def test_actor_answers_rows_of_mixed_benchmarks(tokenizer, tmp_path: Path):
         "question_id": np.array(["1", "2", "3"], dtype=object),
         "feed": np.array([0, 1, 2]),
         "prompt": np.array(["what colour?", "which one?", "how many?"], dtype=object),
-        "image_path": np.array([str(tmp_path / "a.png"), None, str(tmp_path / "a.png")], dtype=object),
+        "image_path": np.array(["a.png", None, "a.png"], dtype=object),
+        "image_root": np.array([str(tmp_path), None, str(tmp_path)], dtype=object),
         "image_bytes": np.array([None, None, None], dtype=object),
         "max_new_tokens": np.array([3, 5, 5]),
         "parity": np.array([True, True, False]),
@@ -170,11 +173,15 @@ def test_actor_answers_rows_of_mixed_benchmarks(tokenizer, tmp_path: Path):
     assert list(out["question_id"]) == ["1", "2", "3"] and list(out["bench"]) == ["pope", "sqa", "sqa"]
     assert list(out["single"][:2]) == list(out["text"][:2]) and out["single"][2] is None
     assert all(isinstance(t, str) for t in out["text"]) and (out["gen_s"] >= 0).all()
-    assert list(out["error"]) == ["", "", ""]
-    # An unreadable image comes back as an error naming question and file (Ray would drop a raised message).
-    bad = {**batch, "image_path": np.array([str(tmp_path / "gone.png"), None, None], dtype=object)}
-    errors = set(actor(bad)["error"])
-    assert len(errors) == 1 and "question 1" in errors.pop()
-    blank = {**bad, "blank": np.array([True, True, True])}  # the image-dependence pass
-    assert list(actor(blank)["error"]) == ["", "", ""]  # blank images: no file is read
-    assert set(actor(bad)["error"]) != {""}  # the flag is per batch, not left on
+    assert list(out["error"]) == ["", "", ""] and list(out["rejected"]) == ["", "", ""]
+    # A question whose image cannot be used is rejected with its reason; the others are answered as before.
+    bad = {**batch, "image_path": np.array(["gone.png", None, "../a.png"], dtype=object),
+           "image_root": np.array([str(tmp_path), None, str(tmp_path / "sub")], dtype=object)}
+    out_bad = actor(bad)
+    assert out_bad["rejected"][0] == f"missing_image\tquestion 1: {tmp_path / 'gone.png'}: does not exist"
+    assert out_bad["rejected"][2].startswith("image_outside_root\tquestion 3: ../a.png")
+    assert out_bad["rejected"][1] == "" and out_bad["text"][1] == out["text"][1]
+    assert list(out_bad["error"]) == ["", "", ""] and out_bad["text"][0] == out_bad["text"][2] == ""
+    blank = {**bad, "blank": np.array([True, True, True])}  # the image-dependence pass rejects the same questions
+    assert list(actor(blank)["rejected"]) == list(out_bad["rejected"])
+    assert list(actor(batch)["text"]) == list(out["text"])  # the blank flag is per batch, not left on

@@ -171,7 +171,7 @@ def test_metrics_and_artifacts_reach_mlflow(stage, mlflow_target):
         assert metrics[f"{name}/timing/samples_per_s"] > 0
         assert run.data.tags[f"eval.{name}.status"] == "ok"
         listed = {Path(a.path).name for a in client.list_artifacts(mlflow_target.run_id, f"eval/{name}")}
-        assert listed == {"answers.jsonl", "categories.csv", "chart.png", "metrics.json"}
+        assert listed == {"answers.jsonl", "categories.csv", "chart.png", "metrics.json", "rejected.jsonl"}
     assert metrics["pope/adversarial/f1"] == pytest.approx(stage["results"]["pope"]["details"]["adversarial"]["f1"])
     assert run.data.tags["eval.mmvet.status"] == "skipped"
     assert not any(k.startswith("mmvet/") for k in metrics)

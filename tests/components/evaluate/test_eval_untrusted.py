@@ -8,7 +8,6 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig

@@ -311,6 +311,8 @@ def test_s3_inputs_and_outputs(ray_local, s3_server, corpus, tokenizer, tmp_path
     got = {k: v for k, v in stats["rejected_by_reason"].items() if k not in local_only}
     assert got == {**{k: v for k, v in expected.items() if k not in local_only}, "duplicate_id": 1}
     assert stats["duplicate_ids"] == {"repeated": 1, "examples": ["dup"], "policy": "reject"}
+    shard_ids = pq.read_table("prep-bucket/prepared/shards", filesystem=fs).column("id").to_pylist()
+    assert shard_ids.count("dup") == 1 and len(shard_ids) == stats["kept"]
     assert json.loads(fs.cat("prep-bucket/prepared/stats.json")) == stats
     assert fs.glob("prep-bucket/prepared/shards/*.parquet")
     lines = fs.cat("prep-bucket/prepared/rejected.jsonl").splitlines()

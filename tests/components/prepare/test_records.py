@@ -51,3 +51,11 @@ def test_huge_lines_are_rejected_unparsed():
     out = records(data, max_line_bytes=50)
     assert [r.reason for r in out] == [None, "line_too_long", None]
     assert "line 2" in out[1].message and "over the limit of 50" in out[1].message
+
+
+def test_nesting_too_deep_to_parse_is_one_rejection():
+    deep = "[" * 5000 + "]" * 5000
+    out = records(f'{{"id": 1}}\n{{"id": 2, "x": {deep}}}\n{{"id": 3}}'.encode())
+    assert [r.reason for r in out] == [None, "malformed_json", None] and "nested too deeply" in out[1].message
+    out = records(f'[{{"id": 1}}, {deep}, {{"id": 3}}]'.encode())
+    assert out[0].record == {"id": 1} and out[1].reason == "malformed_json" and len(out) == 2

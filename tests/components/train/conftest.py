@@ -12,10 +12,11 @@ from components.models.assembly import build_model, num_image_tokens
 from components.models.tokenizer import image_token_id
 from components.train.collate import CollateSpec
 
+# LLM head dim 16: the smallest flex attention's GPU kernels take.
 CFG = ModelConfig(
     vision=VisionConfig(random_init=RandomVision(image_size=28, patch_size=14, hidden_size=32, num_layers=2,
                                                  num_heads=2, intermediate_size=64)),
-    llm=LLMConfig(random_init=RandomLLM(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+    llm=LLMConfig(random_init=RandomLLM(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                                         max_position_embeddings=256)),
 )
 LENGTHS = [(9, True), (3, False), (14, True), (6, False)]  # (text tokens, has image)
@@ -23,11 +24,14 @@ LENGTHS = [(9, True), (3, False), (14, True), (6, False)]  # (text tokens, has i
 
 @pytest.fixture(scope="module")
 def tiny_llava(tokenizer):
-    """In training mode (the training path); dropout is 0 in these configs."""
-    torch.manual_seed(0)
-    m = build_model(CFG, tokenizer, dtype=torch.float64, seed=1)
-    m.train()
-    return m
+    """In float64 and training mode (the training path); dropout is 0 in these configs."""
+    return build_model(CFG, tokenizer, dtype=torch.float64, seed=1).train()
+
+
+@pytest.fixture
+def build_tiny_llava(tokenizer):
+    """build_tiny_llava(dtype, device) -> the same model (same seed) in that dtype on that device."""
+    return lambda dtype, device: build_model(CFG, tokenizer, dtype=dtype, seed=1).to(device).train()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from components.train.collate import CollateSpec, collate, sample_length
+from components.train.collate import (
+    PACK_MULTIPLE,
+    CollateSpec,
+    collate,
+    sample_length,
+    use_packed_attention,
+)
 
 
 def _loss_and_grads(model, inputs):
@@ -70,3 +76,27 @@ def test_no_attention_across_samples(tiny_llava, make_rows, tiny_spec):
             assert not torch.allclose(a[part], b[part])
         else:
             torch.testing.assert_close(a[part], b[part], rtol=0, atol=1e-12)
+
+
+def test_packed_attention_is_flex_on_gpu_only(build_tiny_llava):
+    model = build_tiny_llava(torch.float32, "cpu")
+    use_packed_attention(model, "cpu")
+    assert model.config.text_config._attn_implementation == "sdpa"
+    use_packed_attention(model, "cuda")  # only the LLM: the tower's sequences are never packed
+    assert model.config.text_config._attn_implementation == "flex_attention"
+    assert model.config.vision_config._attn_implementation == "sdpa"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention has no backward on CPU")
+def test_flex_attention_packed_equals_padded_on_gpu(build_tiny_llava, make_rows, tiny_spec):
+    """The GPU route: packed rows through flex attention against padded rows through sdpa, float32
+    (tolerance 1e-4 relative: two attention kernels sum in different orders)."""
+    model = build_tiny_llava(torch.float32, "cuda")
+    rows = make_rows()
+    ref, ref_grads = _loss_and_grads(model, collate(*rows, tiny_spec, device="cuda"))
+    use_packed_attention(model, "cuda")
+    packed = CollateSpec(**{**tiny_spec.__dict__, "pack_multiple": PACK_MULTIPLE})  # the recipe's row multiple
+    out, grads = _loss_and_grads(model, collate(*rows, packed, device="cuda"))
+    assert out.loss.item() == pytest.approx(ref.loss.item(), rel=1e-4)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-5, msg=name)

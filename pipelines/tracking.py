@@ -182,6 +182,9 @@ class PipelineTracker:
             self.client.log_batch(run_id, metrics=batch[i:i + 500])
         status = display_status(result)
         self.client.set_tag(run_id, "status", status)
+        if p.action == "run" and result["status"] == "cached":  # another run committed it while this one waited
+            self.client.set_tag(run_id, "cache", "hit")
+            self.client.set_tag(run_id, "source_run_id", str(result.get("source_run_id")))
         if status == "skipped" and result.get("metrics", {}).get("reason"):
             self.client.set_tag(run_id, "skipped_reason", str(result["metrics"]["reason"])[:5000])
         if result.get("error"):

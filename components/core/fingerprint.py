@@ -191,31 +191,27 @@ def _cache_file() -> Path:
     return Path(base) / "llava-pipeline" / "digests.json"
 
 
-def _local_digest(path: Path) -> str:
-    """sha256 of a local file's content, computed once per (path, size, mtime) and kept in a cache file."""
+def _local_digest(path: Path, cache: dict[str, Any]) -> str:
+    """sha256 of a local file's content, computed once per version (size, mtime) of the file: `cache` maps
+    each path to its last version's digest."""
     st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    cache_path = _cache_file()
-    try:
-        cache = json.loads(cache_path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return str(cache[key])
+    key, version = str(path.resolve()), [st.st_size, st.st_mtime_ns]
+    known = cache.get(key)
+    if isinstance(known, dict) and known.get("version") == version:
+        return str(known["digest"])
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     digest = "sha256:" + h.hexdigest()
-    cache[key] = digest
-    with contextlib.suppress(OSError):  # a read-only home only loses the cache
-        storage.write_json(str(cache_path), cache)
+    cache[key] = {"version": version, "digest": digest}
     return digest
 
 
 def path_digest(path: str) -> str:
-    """What a data file or folder holds: local files by content hash (cached per size + mtime), remote ones by
-    size + ETag (the store's own content tag; nothing is downloaded). A folder is the digest of its files."""
+    """What a data file or folder holds: local files by content hash (computed once per size + mtime and kept
+    in ~/.cache/llava-pipeline/digests.json), remote ones by size + ETag (the store's own content tag; nothing
+    is downloaded). A folder is the digest of its files."""
     if storage.is_remote(path):
         fs, inner = storage.filesystem(path)
         entries = fs.find(inner, detail=True) if fs.isdir(inner) else {inner: fs.info(inner)}
@@ -227,12 +223,23 @@ def path_digest(path: str) -> str:
     p = Path(path)
     if not p.exists():
         return "missing"
+    cache_path = _cache_file()
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    before = dict(cache)
     if p.is_file():
-        return _local_digest(p)
-    h = hashlib.sha256()
-    for f in sorted(q for q in p.rglob("*") if q.is_file()):
-        h.update(f"{f.relative_to(p)}|{_local_digest(f)}\n".encode())
-    return "tree:" + h.hexdigest()
+        digest = _local_digest(p, cache)
+    else:
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(f"{f.relative_to(p)}|{_local_digest(f, cache)}\n".encode())
+        digest = "tree:" + h.hexdigest()
+    if cache != before:
+        with contextlib.suppress(OSError):  # a read-only home only loses the cache
+            storage.write_json(str(cache_path), cache)
+    return digest
 
 
 # ---------------------------------------------------------------- fingerprints

@@ -60,6 +60,13 @@ def test_two_runs_on_one_local_root(ray_local, tmp_path):
     assert len(answers) == 1 and len(answers[0].read_text().splitlines()) == 8
     assert not list(root.glob("artifacts/*/*.lease")) and not list(root.glob("artifacts/*/.attempts/*"))
     assert not list(root.glob("ray_train/*"))  # committed training stages keep no checkpoints (keep 0)
+    # One MLflow store created by two runs at once; each stage's work is one run there, the other a cache hit.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("llava-pipeline").experiment_id], max_results=1000)
+    misses = sorted(r.data.tags["stage"] for r in runs if r.data.tags.get("cache") == "miss")
+    assert misses == sorted(outs[0]["stages"])
 
     # --force finetune trains all its steps again, in a fresh Ray Train run, and replaces the output.
     forced = start_run(ray_local, f"storage={root}", flags=("--force", "finetune"))

@@ -1,5 +1,6 @@
 """Fingerprint parts derived, not listed: a stage body's import closure and data files by content."""
 
+import json
 import os
 from pathlib import Path
 
@@ -55,7 +56,15 @@ def test_local_files_are_hashed_by_content(tmp_path, monkeypatch):
     assert path_digest(str(f)) == first
     f.write_text('[{"id": 2}]')  # same size, other bytes
     assert path_digest(str(f)) != first
-    assert (tmp_path / "cache" / "llava-pipeline" / "digests.json").is_file()  # computed once per version
+    # Hashed once per version of the file: the next plan takes the cached digest (a large file is not reread).
+    cache_file = tmp_path / "cache" / "llava-pipeline" / "digests.json"
+    cache = json.loads(cache_file.read_text())
+    assert cache[str(f.resolve())]["digest"] == path_digest(str(f))
+    cache[str(f.resolve())]["digest"] = "sha256:from-the-cache"
+    cache_file.write_text(json.dumps(cache))
+    assert path_digest(str(f)) == "sha256:from-the-cache"
+    f.write_text('[{"id": 3}]')
+    assert path_digest(str(f)) not in ("sha256:from-the-cache", first)
     folder = path_digest(str(f.parent))
     (f.parent / "b.txt").write_text("x")
     assert path_digest(str(f.parent)) != folder

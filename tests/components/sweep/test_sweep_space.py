@@ -8,7 +8,7 @@ from components.sweep.space import auto_keys, grid, point_for, resolve_auto, run
 
 def test_tiny_sweep_extends_tiny():
     cfg, tiny = load_config("tiny_sweep"), load_config("tiny")
-    assert cfg.name == "tiny_sweep" and cfg.storage == "./runs/tiny_sweep"
+    assert cfg.name == "tiny_sweep" and load_raw("tiny_sweep")["storage"] == "./runs/tiny_sweep"
     assert cfg.model.connector == "auto" and cfg.model.vision.image_size == "auto"
     assert cfg.model.vision.random_init == tiny.model.vision.random_init  # merged, not replaced
     assert cfg.finetune == tiny.finetune and cfg.data == tiny.data

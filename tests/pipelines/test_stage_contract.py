@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from components.core.config import PipelineConfig, load_config
 from components.core.fingerprint import flatten
 from pipelines.executor import downstream, make_plan
-from pipelines.llava15 import PIPELINE_KEYS, build_stages
+from pipelines.llava15 import PIPELINE_KEYS, build_stages, config_problems
 
 
 def _under(key: str, paths: tuple[str, ...]) -> bool:
@@ -53,10 +53,10 @@ def candidates(path: str, value: Any) -> list[Any]:
     elif isinstance(value, str) and path.endswith(".deepspeed"):  # must name an existing file
         out.append(value.replace("zero2", "zero3") if "zero2" in value else value.replace("zero3", "zero2"))
     elif isinstance(value, str):
-        out.append(value + "x")
+        out += [value + "x", "linear"]  # "linear": a connector, the one free-form string with a validator
     elif isinstance(value, list):
         out += [[value[0] * 0.5, *value[1:]]] if value and isinstance(value[0], float) else []
-        out += [[]] if value else [["gqa"], [56]]
+        out += [value[:-1], []] if value else [["gqa"], [56]]
     for t in types:
         if isinstance(t, type) and issubclass(t, BaseModel):
             out.append({})
@@ -70,7 +70,7 @@ def candidates(path: str, value: Any) -> list[Any]:
 
 
 def perturbed(cfg: PipelineConfig, path: str) -> PipelineConfig | None:
-    """`cfg` with one leaf changed to the first different value the schema accepts."""
+    """`cfg` with one leaf changed to the first different value the schema and `plan` accept."""
     for value in candidates(path, flatten(cfg.model_dump(mode="json"))[path]):
         raw = cfg.model_dump(mode="json")
         node = raw
@@ -79,9 +79,11 @@ def perturbed(cfg: PipelineConfig, path: str) -> PipelineConfig | None:
             node = node[part]
         node[leaf] = value
         try:
-            return PipelineConfig.model_validate(raw)
+            other = PipelineConfig.model_validate(raw)
         except ValidationError:
             continue
+        if not config_problems(other):  # valid as a whole, as `plan` checks it
+            return other
     return None
 
 

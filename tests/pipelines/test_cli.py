@@ -77,3 +77,21 @@ def test_score_command_on_a_synthetic_benchmark(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["metric"] == "accuracy" and result["n_questions"] == len(lines) and result["n_missing"] == 0
     assert abs(result["value"] - 100.0 * (len(lines) - 1) / len(lines)) < 1e-6
+
+
+def test_score_help_explains_its_arguments_and_lists_the_benchmarks(capsys):
+    import pytest
+
+    from components.evaluate.benchmarks import BENCHMARKS
+
+    with pytest.raises(SystemExit) as e:
+        main(["score", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "answers JSONL in the reference format" in text and "the benchmark's question file" in text
+    assert all(name in text for name in BENCHMARKS)
+
+
+def test_a_bad_set_is_blamed_on_the_set(capsys):
+    assert main(["plan", "--set", "nosuch.key=1"]) == 2
+    assert capsys.readouterr().err.strip() == "llava-pipeline plan: error: --set nosuch.key=1: nosuch: unknown key"

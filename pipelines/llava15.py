@@ -124,7 +124,7 @@ def local_eval_root(root: str, folders: list[str], tmp: str) -> str:
 def run_evaluate(ctx: StageContext, *, bench: str) -> dict[str, Any]:
     from components.evaluate.benchmarks import get_benchmark
     from components.evaluate.pool import PoolSpec, warm_pool
-    from components.evaluate.stage import run_benchmark
+    from components.evaluate.stage import run_benchmarks
 
     ev = ctx.cfg.evaluate
     spec = get_benchmark(bench)
@@ -137,7 +137,7 @@ def run_evaluate(ctx: StageContext, *, bench: str) -> dict[str, Any]:
                       eval_root=local_eval_root(eval_root(ctx.cfg, ctx.inputs), [spec.folder], tmp),
                       template=ev.template, batch_size=ev.batch_size, num_actors=ev.num_actors, use_gpu=ev.use_gpu,
                       limit=ev.limit, pool=pool)
-        result = run_benchmark(bench, out_dir=out, parity_sample=ev.parity_sample, mlflow=ctx.mlflow, **common)
+        (result,) = run_benchmarks([bench], out_dir=out, parity_sample=ev.parity_sample, mlflow=ctx.mlflow, **common)
         metrics: dict[str, Any] = {"status": result["status"]}
         if result["status"] == "skipped":
             metrics["reason"] = result.get("reason", "")
@@ -146,7 +146,7 @@ def run_evaluate(ctx: StageContext, *, bench: str) -> dict[str, Any]:
         if result.get("parity") is not None:
             metrics["parity_mismatches"] = len(result["parity"])
         if bench in ev.blank_image_check:
-            blank = run_benchmark(bench, out_dir=storage.join(out, "blank_images"), blank_images=True, **common)
+            (blank,) = run_benchmarks([bench], out_dir=storage.join(out, "blank_images"), blank_images=True, **common)
             if blank.get("value") is not None:
                 metrics[f"blank_images_{blank['metric']}"] = blank["value"]
     return metrics

@@ -207,10 +207,20 @@ def run_benchmarks(
     in_process: bool = False,
     pool: GenerationPool | None = None,
 ) -> list[dict[str, Any]]:
-    """`run_benchmark` for several benchmarks with one generation pool: each replica loads the model once and
-    answers every benchmark's questions. Returns one result per name, in the order given. `pool`: a running
-    pool to use (the run's warm pool; its own model and generation settings then apply), else one is started
-    for this call. `in_process` (CPU only) answers in this process instead (`generate_in_process`)."""
+    """Generate answers for the benchmarks `bench_names` with one generation pool, score them and write the
+    results; one result per name, in the order given. The one entry point of the evaluate component.
+
+    `eval_root` holds the benchmark folders as in LLaVA's eval.zip (`<eval_root>/<folder>/...`); results go to
+    `<out_dir>/<benchmark>/`. `limit` takes the first N questions of each file (a prefix, so positional scorers
+    stay aligned); the score then covers those N only. `parity_sample` > 0 also answers that many questions
+    (spread over the file) at batch 1: result["parity"] lists where they differ ([] when none do) and
+    result["parity_checked"] how many were compared. `judge` None reads the LLAVA_JUDGE_* environment; a judged
+    benchmark without a judge is skipped (status "skipped", nothing generated) unless
+    `generate_without_judge=True`, which still writes the answers and the grader's upload file.
+    `blank_images=True` feeds every image question the blank (mean-colour) image instead: an image-dependence
+    check. `pool`: a running pool to use (the run's warm pool; its own model and generation settings then
+    apply), else one is started for this call. `in_process` (CPU only) answers in this process instead
+    (`generate_in_process`)."""
     if batch_size < 1 or num_actors < 1:
         raise ValueError(f"batch_size and num_actors must be >= 1, got {batch_size} and {num_actors}")
     if limit is not None and limit < 1:
@@ -263,41 +273,3 @@ def run_benchmarks(
         skipped[j.bench.name] if j.bench.name in skipped else _finish(j, results, pass_stats, extra, mlflow)
         for j in jobs
     ]
-
-
-def run_benchmark(
-    bench_name: str,
-    *,
-    model_dir: str | Path,
-    eval_root: str | Path,
-    out_dir: str | Path,
-    template: TemplateName = "vicuna_v1",
-    batch_size: int = 8,
-    num_actors: int = 1,
-    use_gpu: bool = False,
-    limit: int | None = None,
-    parity_sample: int = 0,
-    judge: Judge | JudgeConfig | JudgeNotConfigured | None = None,
-    mlflow: MlflowTarget | None = None,
-    **options: Any,
-) -> dict[str, Any]:
-    """Generate answers for one benchmark with a Ray actor pool, score them and write the results.
-
-    `eval_root` holds the benchmark folders as in LLaVA's eval.zip (`<eval_root>/<folder>/...`); results
-    go to `<out_dir>/<benchmark>/`. `limit` takes the first N questions of the file (a prefix, so
-    positional scorers stay aligned); the score then covers those N only. `parity_sample` > 0 also
-    answers that many questions (spread over the file) at batch 1: result["parity"] lists where they
-    differ ([] when none do) and result["parity_checked"] how many were compared.
-    `judge` None reads the LLAVA_JUDGE_* environment; a judged benchmark without a judge is skipped
-    (status "skipped", nothing generated) unless `generate_without_judge=True`, which still writes the
-    answers and the grader's upload file. `blank_images=True` feeds every image question the blank
-    (mean-colour) image instead: an image-dependence check. Further `options` (cpus_per_actor, dtype,
-    max_new_tokens, model_id, generate_without_judge, blank_images, delay_first_batch_s, in_process) are those
-    of `run_benchmarks`.
-    """
-    (result,) = run_benchmarks(
-        [bench_name], model_dir=model_dir, eval_root=eval_root, out_dir=out_dir, template=template,
-        batch_size=batch_size, num_actors=num_actors, use_gpu=use_gpu, limit=limit,
-        parity_sample=parity_sample, judge=judge, mlflow=mlflow, **options,
-    )
-    return result

@@ -104,7 +104,7 @@ def _trial(config: dict[str, Any], job: SweepJob) -> None:
     """Tune function trainable: proxy pretrain, then finetune segments each followed by a dev evaluation."""
     from ray import tune
 
-    from components.evaluate.stage import run_benchmark
+    from components.evaluate.stage import run_benchmarks
     from components.train.run import run_training, stage_steps
 
     cfg, sweep = job.cfg, job.cfg.sweep
@@ -136,8 +136,8 @@ def _trial(config: dict[str, Any], job: SweepJob) -> None:
             train_s += time.time() - t0
             t0 = time.time()
             with storage.staged_dir(storage.join(seg, "eval")) as eval_out:
-                result = run_benchmark(
-                    bench.name, model_dir=storage.join(seg, "finetune", "model"), eval_root=eval_root,
+                (result,) = run_benchmarks(
+                    [bench.name], model_dir=storage.join(seg, "finetune", "model"), eval_root=eval_root,
                     out_dir=eval_out, template=cfg.evaluate.template, batch_size=sweep.dev.batch_size,
                     num_actors=1, use_gpu=tcfg.finetune.use_gpu, limit=sweep.dev.limit,
                     cpus_per_actor=max(1.0, sweep.resources.driver_cpus), in_process=not tcfg.finetune.use_gpu)

@@ -17,7 +17,7 @@ from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVisi
 from components.evaluate.benchmarks import UnknownBenchmark, get_benchmark
 from components.evaluate.judge import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, JudgeNotConfigured
 from components.evaluate.scoring import score_file
-from components.evaluate.stage import run_benchmark, run_benchmarks
+from components.evaluate.stage import run_benchmarks
 from components.models.assembly import build_model
 from components.synth.evalsets import write_eval_sets
 from components.synth.files import Writer
@@ -178,7 +178,7 @@ def test_metrics_and_artifacts_reach_mlflow(stage, mlflow_target):
 
 
 def test_judge_skip_needs_no_ray_or_model(eval_root, tmp_path):
-    r = run_benchmark("llava_bench", model_dir=tmp_path / "absent", eval_root=eval_root, out_dir=tmp_path,
+    (r,) = run_benchmarks(["llava_bench"], model_dir=tmp_path / "absent", eval_root=eval_root, out_dir=tmp_path,
                       judge=JudgeNotConfigured("no judge in this test"))
     assert r["status"] == "skipped" and "no judge in this test" in r["reason"]
     assert r["n_questions"] == 60 and r["paper"]["13b"] == get_benchmark("llava_bench").paper["13b"]
@@ -186,9 +186,9 @@ def test_judge_skip_needs_no_ray_or_model(eval_root, tmp_path):
 
 def test_bad_arguments_are_clear_errors(eval_root, tmp_path):
     with pytest.raises(UnknownBenchmark, match="Did you mean 'pope'"):
-        run_benchmark("popee", model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path)
+        run_benchmarks(["popee"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path)
     with pytest.raises(ValueError, match="limit must be >= 1"):
-        run_benchmark("pope", model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path, limit=0)
+        run_benchmarks(["pope"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path, limit=0)
     with pytest.raises(ValueError, match="named more than once"):
         run_benchmarks(["pope", "POPE"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path)
 
@@ -205,7 +205,7 @@ def test_in_process_generation_answers_as_the_actor_pool(stage, eval_root, model
         ours, pool = (_lines(d / name / "answers.jsonl") for d in (tmp_path, stage["out"]))
         assert [(a["question_id"], a["text"]) for a in ours] == [(a["question_id"], a["text"]) for a in pool]
     with pytest.raises(ValueError, match="in_process generation runs on CPU"):
-        run_benchmark("gqa", model_dir=model_dir, eval_root=eval_root, out_dir=tmp_path, use_gpu=True,
+        run_benchmarks(["gqa"], model_dir=model_dir, eval_root=eval_root, out_dir=tmp_path, use_gpu=True,
                       in_process=True)
 
 
@@ -219,9 +219,9 @@ def test_a_warm_pool_serves_several_benchmark_jobs(ray_local, eval_root, model_d
     pool = warm_pool(spec)
     actors = list(pool.actors)
     common = dict(model_dir=model_dir, eval_root=eval_root, batch_size=4, limit=LIMIT, max_new_tokens=6)
-    gqa = run_benchmark("gqa", out_dir=tmp_path / "a", pool=pool, **common)
-    blank = run_benchmark("gqa", out_dir=tmp_path / "b", pool=warm_pool(spec), blank_images=True, **common)
-    pope = run_benchmark("pope", out_dir=tmp_path / "c", pool=warm_pool(spec), **common)
+    (gqa,) = run_benchmarks(["gqa"], out_dir=tmp_path / "a", pool=pool, **common)
+    (blank,) = run_benchmarks(["gqa"], out_dir=tmp_path / "b", pool=warm_pool(spec), blank_images=True, **common)
+    (pope,) = run_benchmarks(["pope"], out_dir=tmp_path / "c", pool=warm_pool(spec), **common)
     assert warm_pool(spec) is pool and pool.actors == actors  # no new replica was started
     reference = run_benchmarks(["gqa", "pope"], out_dir=tmp_path / "d", in_process=True, **common)
     run_benchmarks(["gqa"], out_dir=tmp_path / "e", in_process=True, blank_images=True, **common)

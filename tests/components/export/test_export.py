@@ -71,7 +71,7 @@ def mlflow_target(tmp_path_factory) -> MlflowTarget:
 
 @pytest.fixture(scope="module")
 def eval_outputs(tmp_path_factory) -> dict[str, str]:
-    """Two evaluate-stage outputs as run_benchmark leaves them: <out>/<bench>/metrics.json (+ answers)."""
+    """Two evaluate-stage outputs as run_benchmarks leaves them: <out>/<bench>/metrics.json (+ answers)."""
     root = tmp_path_factory.mktemp("evals")
     gqa, pope = root / "evaluate.gqa", root / "evaluate.pope"
     (gqa / "gqa").mkdir(parents=True)

@@ -136,7 +136,7 @@ def run_pipeline(
 
             close_warm_pools()
         tracker.finish(results, dag_png(stages, results))
-    log = publish_log(console.log_path, root)
+    log = publish_log(console.log_path, root)  # redacts the file in place first
     tracker.log_file(str(console.log_path))
     failed = any(r["status"] == "failed" for r in results.values())
     if as_json:

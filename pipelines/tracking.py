@@ -130,12 +130,9 @@ class PipelineTracker:
                 f"{self.run_url('http://127.0.0.1:5000')} (one nested run per stage under the parent run)")
 
     def log_file(self, path: str) -> None:
-        """The run's log (what Ray, DeepSpeed and transformers printed) as an artifact of the parent run,
-        redacted: a library may have printed a URI with its credentials."""
-        with tempfile.TemporaryDirectory() as tmp:
-            copy = Path(tmp) / Path(path).name
-            copy.write_text(redact(Path(path).read_text(encoding="utf-8", errors="replace")), encoding="utf-8")
-            self.client.log_artifact(self.parent, str(copy), "logs")
+        """The run's log (what Ray, DeepSpeed and transformers printed) as an artifact of the parent run; the
+        caller hands it over redacted (`console.publish_log`)."""
+        self.client.log_artifact(self.parent, path, "logs")
 
     def _experiment(self, name: str, root: str) -> str:
         """The experiment's id, created if needed; a run that created it first (another process) wins."""

@@ -8,33 +8,33 @@ A stage's fingerprint covers exactly what it declares it reads — config key pa
 environment-derived settings — plus its upstream fingerprints and the code its body runs (the import closure
 within this project, derived from the source). See components/core/fingerprint.py.
 
+A stage body gets a view of the config with only the keys it declares (components/core/config_view.py):
+reading another key fails loudly, so what a stage reads and what it is fingerprinted on cannot drift.
+
 One run of a stage at a time, and outputs committed atomically: see pipelines/attempts.py.
 
-A stage may refine the config of the stages after it from its output (`Stage.resolves`: the sweep fills
-`auto` with its best values). Stages that wait for such an output (`Stage.after`) are fingerprinted with the
-refined config: from the cached output at plan time, or, when that stage has yet to run, as soon as it has
-(until then their fingerprint is "pending"). So `plan` needs no Ray, and a changed choice changes them.
+The executor is a plain DAG runner: a config's `auto` values are resolved before it plans the stages that
+use them (pipelines/plan.py), so every stage it sees has a fixed config.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from components.core import storage
 from components.core.config import PipelineConfig
+from components.core.config_view import ConfigView, view
 from components.core.fingerprint import code_version, explain, fingerprint, flatten, path_digest, stage_inputs
 from components.tracking import MlflowTarget
 
 from .attempts import MANIFEST, commit, parse_manifest, read_manifest, start_attempt, take_lease
 
-PENDING = "pending"  # fingerprint of a stage whose config waits for an upstream output
 NOT_CONFIGURED = "not configured"  # an env setting without a value: the plan says the stage will skip
-Resolver = Callable[[PipelineConfig, str], tuple[PipelineConfig, dict[str, Any]]]
 
 
 def _no_files(cfg: PipelineConfig) -> dict[str, str]:
@@ -55,14 +55,11 @@ class Stage:
     env: Callable[[], dict[str, Any]] = _no_env  # settings from the environment (never secrets)
     resources: tuple[str, ...] = ()  # key paths read only to schedule the work (CPUs, actors): not fingerprinted
     group: str = ""  # fan-out family (e.g. "evaluate"); `--only evaluate` selects all of it
-    after: tuple[str, ...] = ()  # also waits for these, whose outputs refine its config (not its upstream)
-    # For the stages after it: (config refined by this stage's output folder, the values it chose).
-    resolves: Resolver | None = None
 
 
 @dataclass
 class StageContext:
-    cfg: PipelineConfig
+    cfg: ConfigView  # the config as the stage declared it: reading any other key is an error
     stage: Stage
     fingerprint: str
     out: str  # this attempt's output folder (committed to the stage's output folder when the body returns)
@@ -81,8 +78,8 @@ class PlannedStage:
     action: str  # "cached" | "run" | "skip"
     why: list[str] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
-    cfg: PipelineConfig | None = None  # the config the stage runs with (refined by `resolves` stages)
-    choices: dict[str, Any] = field(default_factory=dict)  # values taken from an upstream output (`after`)
+    cfg: PipelineConfig | None = None  # the config the stage runs with (`auto` resolved)
+    choices: dict[str, Any] = field(default_factory=dict)  # `auto` values it runs with (pipelines/plan.py)
     choices_from: str = ""  # "<stage> <fingerprint>" that made the choices
     forced: bool = False
 
@@ -126,7 +123,7 @@ def select(stages: list[Stage], names: list[str]) -> set[str]:
 def downstream(stages: list[Stage], roots: set[str]) -> set[str]:
     out = set(roots)
     for s in stages:  # stages are in topological order
-        if any(d in out for d in (*s.deps, *s.after)):
+        if any(d in out for d in s.deps):
             out.add(s.name)
     return out
 
@@ -175,68 +172,38 @@ def _decide(s: Stage, cfg: PipelineConfig, upstream: dict[str, str], root: str, 
     return PlannedStage(s, fp, inputs, out, action, why, manifest, cfg=cfg, forced=forced)
 
 
-@dataclass
-class _Refined:
-    """The config as refined by the `resolves` stages whose outputs exist so far."""
-
-    cfg: PipelineConfig
-    choices: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-
-    def apply(self, p: PlannedStage) -> None:
-        assert p.stage.resolves is not None
-        self.cfg, chosen = p.stage.resolves(self.cfg, p.out)
-        self.choices.update(chosen)
-        self.source = f"{p.stage.name} {p.fingerprint}"
-
-    def attach(self, p: PlannedStage) -> None:
-        if p.stage.after:
-            p.choices, p.choices_from = dict(self.choices), self.source
+def selection(stages: list[Stage], *, only: list[str] | None = None, from_: list[str] | None = None,
+              force: list[str] | None = None) -> tuple[set[str], set[str]]:
+    """(the stages to run or reuse, the stages to rerun) for --only / --from / --force."""
+    forced = downstream(stages, select(stages, force or []))
+    if only:
+        return select(stages, only), forced
+    if from_:
+        return downstream(stages, select(stages, from_)), forced
+    return {s.name for s in stages}, forced
 
 
 def make_plan(
     cfg: PipelineConfig, stages: list[Stage], root: str, *, only: list[str] | None = None,
     from_: list[str] | None = None, force: list[str] | None = None,
+    chosen: tuple[set[str], set[str]] | None = None, upstream: Sequence[PlannedStage] = (),
 ) -> list[PlannedStage]:
-    """Fingerprint every stage and decide cached / run / skip, with reasons. Touches no Ray."""
-    forced = downstream(stages, select(stages, force or []))
-    if only:
-        wanted = select(stages, only)
-    elif from_:
-        wanted = downstream(stages, select(stages, from_))
-    else:
-        wanted = {s.name for s in stages}
-    refined = _Refined(cfg)
-    fps: dict[str, str] = {}
-    waiting: set[str] = set()  # stages whose output (or fingerprint) is not known before they run
-    providers = {s.name for s in stages if s.resolves is not None}
+    """Fingerprint every stage and decide cached / run / skip, with reasons. Touches no Ray.
+    `chosen`: (wanted, forced) from `selection` instead of only/from_/force; `upstream`: stages planned
+    before (outside `stages`) that these depend on."""
+    wanted, forced = chosen or selection(stages, only=only, from_=from_, force=force)
+    known = {p.stage.name: p for p in upstream}
     plan: list[PlannedStage] = []
     for s in stages:
-        blockers = [d for d in (*s.deps, *s.after) if d in waiting]
-        if blockers:
-            waiting.add(s.name)
-            fps[s.name] = PENDING
-            why = [f"config takes values from {b}'s output: fingerprint known once it has run" if b in providers
-                   else f"upstream {b} pending" for b in blockers]
-            p = PlannedStage(s, PENDING, {}, "", "run" if s.name in wanted else "skip",
-                             why if s.name in wanted else ["not selected"], forced=s.name in forced)
-        else:
-            p = _decide(s, refined.cfg, {d: fps[d] for d in s.deps}, root, selected=s.name in wanted,
-                        forced=s.name in forced)
-            fps[s.name] = p.fingerprint
-            refined.attach(p)
-            if s.resolves is not None:
-                if p.manifest is not None and p.action != "run":
-                    refined.apply(p)
-                else:
-                    waiting.add(s.name)
+        p = _decide(s, cfg, {d: known[d].fingerprint for d in s.deps}, root, selected=s.name in wanted,
+                    forced=s.name in forced)
+        known[s.name] = p
         plan.append(p)
-    by_name = {p.stage.name: p for p in plan}
     for p in plan:
         if p.action == "skip":
             continue
-        for d in (*p.stage.deps, *p.stage.after):
-            up = by_name[d]
+        for d in p.stage.deps:
+            up = known[d]
             if up.action == "skip" and up.manifest is None:
                 raise PipelineError(
                     f"stage {p.stage.name} needs the output of {d} (fingerprint {up.fingerprint}), which does "
@@ -264,7 +231,8 @@ def _run_one(p: PlannedStage, cfg: PipelineConfig, root: str, outs: dict[str, st
                 with lease.keep_alive():
                     attempt, folder = start_attempt(p.out, forced=p.forced)
                     target = tracker.target(run_id) if tracker else None
-                    ctx = StageContext(p.cfg or cfg, p.stage, p.fingerprint, folder,
+                    declared = view(p.cfg or cfg, (*p.stage.reads, *p.stage.resources), p.stage.name)
+                    ctx = StageContext(declared, p.stage, p.fingerprint, folder,
                                        {d: outs[d] for d in p.stage.deps}, root, target, attempt)
                     metrics = p.stage.run(ctx) or {}
                     commit(p.out, folder, {
@@ -284,22 +252,21 @@ def _run_one(p: PlannedStage, cfg: PipelineConfig, root: str, outs: dict[str, st
 
 def execute(
     cfg: PipelineConfig, plan: list[PlannedStage], root: str, tracker: Any = None, concurrency: int = 1,
+    upstream: Sequence[PlannedStage] = (),
 ) -> dict[str, dict[str, Any]]:
-    """Run a plan in dependency order; stages of one fan-out group run concurrently. A pending stage is
-    fingerprinted (and may turn out cached) once the stages it waits for are done."""
+    """Run a plan in dependency order; stages of one fan-out group run concurrently. `upstream`: stages
+    planned (and done) before, whose outputs these read."""
     results: dict[str, dict[str, Any]] = {}
     names = {p.stage.name for p in plan}
-    refined = _Refined(cfg)
+    outs = {q.stage.name: q.out for q in (*upstream, *plan)}
     pending = [p for p in plan if p.action != "skip"]
     for p in plan:
         if p.action == "skip":
             results[p.stage.name] = {"status": "skipped", "fingerprint": p.fingerprint, "duration_s": 0.0,
                                      "metrics": {}, "mlflow_run_id": None, "why": p.why}
-            if p.stage.resolves is not None and p.manifest is not None:
-                refined.apply(p)
 
     def waits_for(p: PlannedStage) -> list[str]:
-        return [d for d in (*p.stage.deps, *p.stage.after) if d in names]
+        return [d for d in p.stage.deps if d in names]
 
     while pending:
         blocked = [None]
@@ -318,23 +285,9 @@ def execute(
         # One level at a time: a fan-out group (all evaluate jobs) shares the pool.
         group = ready[0].stage.group
         level = [p for p in ready if group and p.stage.group == group] or ready[:1]
-        for p in level:
-            if p.fingerprint == PENDING:
-                decided = _decide(p.stage, refined.cfg, {d: results[d]["fingerprint"] for d in p.stage.deps}, root,
-                                  selected=True, forced=p.forced)
-                refined.attach(decided)
-                for name in ("fingerprint", "inputs", "out", "action", "why", "manifest", "cfg", "choices",
-                             "choices_from"):
-                    setattr(p, name, getattr(decided, name))
-        outs = {q.stage.name: q.out for q in plan}
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(level)))) as pool:
-            runs = pool.map(lambda q, o=outs: _run_one(q, cfg, root, o, tracker), level)
+            runs = pool.map(lambda q: _run_one(q, cfg, root, outs, tracker), level)
             for p, r in zip(level, runs, strict=True):
                 results[p.stage.name] = r
-                if p.stage.resolves is not None and r["status"] in ("cached", "ran"):
-                    try:
-                        refined.apply(p)
-                    except Exception as e:  # an unusable output: the stages waiting for it cannot run
-                        r.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         pending = [p for p in pending if p not in level]
     return results

@@ -4,12 +4,13 @@
   ZeRO-3) → evaluate.<benchmark> (one job each, fan-out) → export (HF LlavaForConditionalGeneration + registry)
 
 `sweep` (when sweep.enabled) runs Ray Tune over connector × resolution on the prepared data; with
-`model.connector: auto` / `model.vision.image_size: auto`, pretrain and finetune wait for it and take its
-best values (the executor refines their config from best.json before fingerprinting them).
+`model.connector: auto` / `model.vision.image_size: auto`, the stages after it run with its best values
+(resolved from best.json in a pre-pass before they are planned: pipelines/plan.py).
 
 Each stage declares the config keys, data files and environment settings it reads and its upstream stages;
-the executor fingerprints exactly those plus the code the stage body runs (derived from its imports). Stage bodies import their heavy libraries lazily, so
-`plan` stays fast.
+the executor fingerprints exactly those plus the code the stage body runs (derived from its imports), and
+hands the body a view of the config with only those keys (reading another key is an error). Stage bodies
+import their heavy libraries lazily, so `plan` stays fast.
 """
 
 from __future__ import annotations
@@ -57,14 +58,12 @@ def run_prepare_stage(ctx: StageContext) -> dict[str, Any]:
 def run_sweep_stage(ctx: StageContext) -> dict[str, Any]:
     from components.sweep.run import run_sweep
 
-    metrics = run_sweep(ctx.cfg, prepared=ctx.inputs["prepare"], eval_root=dev_root(ctx.cfg, ctx.inputs),
-                        out=ctx.out, storage_root=ctx.storage, fingerprint=ctx.fingerprint, mlflow=ctx.mlflow)
-    resolve_from_sweep(ctx.cfg, ctx.out)  # best.json must be usable by `auto` before the output is committed
-    return metrics
+    return run_sweep(ctx.cfg, prepared=ctx.inputs["prepare"], eval_root=dev_root(ctx.cfg, ctx.inputs),
+                     out=ctx.out, storage_root=ctx.storage, fingerprint=ctx.fingerprint, mlflow=ctx.mlflow)
 
 
 def resolve_from_sweep(cfg: PipelineConfig, out: str) -> tuple[PipelineConfig, dict[str, Any]]:
-    """`auto` values filled from a sweep output's best.json (the executor calls this for later stages)."""
+    """`auto` values filled from a sweep output's best.json (the pre-pass in pipelines/plan.py)."""
     from components.sweep.space import resolve_auto
 
     path = storage.join(out, "best.json")
@@ -104,37 +103,18 @@ def dev_root(cfg: PipelineConfig, inputs: dict[str, str]) -> str:
     return fill_synth(cfg.sweep.dev.root, inputs.get("synth"), "sweep.dev.root")
 
 
-def local_eval_root(root: str, folders: list[str], tmp: str) -> str:
-    """An eval root the benchmark readers (local files only) can open: `root` itself when local; for s3://
-    a local folder linking just the needed benchmark folders, each copied once to the node's cache."""
-    if not storage.is_remote(root):
-        return root
-    from pathlib import Path
-
-    from components.models.remote import localize
-
-    local = Path(tmp) / "eval_root"
-    for folder in folders:
-        link = local / folder
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(localize(storage.join(root, folder)), target_is_directory=True)
-    return str(local)
-
-
 def run_evaluate(ctx: StageContext, *, bench: str) -> dict[str, Any]:
-    from components.evaluate.benchmarks import get_benchmark
     from components.evaluate.pool import PoolSpec, warm_pool
     from components.evaluate.stage import run_benchmarks
 
     ev = ctx.cfg.evaluate
-    spec = get_benchmark(bench)
     model_dir = storage.join(ctx.inputs["finetune"], "model")
     # Every benchmark job of the run shares one warm pool per model: replicas start and load the model once.
     pool = warm_pool(PoolSpec(model_dir, ev.template, ev.batch_size, ev.num_actors, ev.use_gpu, ev.cpus_per_actor))
-    # The evaluate component reads and writes local files; an s3:// storage root is staged through this node.
-    with tempfile.TemporaryDirectory() as tmp, storage.staged_dir(ctx.out) as out:
-        common = dict(model_dir=model_dir,
-                      eval_root=local_eval_root(eval_root(ctx.cfg, ctx.inputs), [spec.folder], tmp),
+    # The eval root goes as the storage names it: question files are fetched on this node, images by each
+    # generation actor on its own. Outputs are written locally, then uploaded (s3://) when the block succeeds.
+    with storage.staged_dir(ctx.out) as out:
+        common = dict(model_dir=model_dir, eval_root=eval_root(ctx.cfg, ctx.inputs),
                       template=ev.template, batch_size=ev.batch_size, num_actors=ev.num_actors, use_gpu=ev.use_gpu,
                       limit=ev.limit, pool=pool)
         (result,) = run_benchmarks([bench], out_dir=out, parity_sample=ev.parity_sample, mlflow=ctx.mlflow, **common)
@@ -153,15 +133,12 @@ def run_evaluate(ctx: StageContext, *, bench: str) -> dict[str, Any]:
 
 
 def run_export(ctx: StageContext) -> dict[str, Any]:
-    from components.evaluate.benchmarks import get_benchmark
     from components.export.stage import run_export_stage
 
     evals = {name: path for name, path in ctx.inputs.items() if name.startswith("evaluate.")}
-    folders = [get_benchmark(name.split(".", 1)[1]).folder for name in evals]
-    with tempfile.TemporaryDirectory() as tmp:
-        return run_export_stage(ctx.cfg, model_dir=storage.join(ctx.inputs["finetune"], "model"), out=ctx.out,
-                                eval_outputs=evals, pipeline_fingerprint=ctx.fingerprint, mlflow=ctx.mlflow,
-                                eval_root=local_eval_root(eval_root(ctx.cfg, ctx.inputs), folders, tmp))
+    return run_export_stage(ctx.cfg, model_dir=storage.join(ctx.inputs["finetune"], "model"), out=ctx.out,
+                            eval_outputs=evals, pipeline_fingerprint=ctx.fingerprint, mlflow=ctx.mlflow,
+                            eval_root=eval_root(ctx.cfg, ctx.inputs))
 
 
 # ---------------------------------------------------------------- the DAG
@@ -275,20 +252,15 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         prepare_reads += ("sweep.space.resolution",)
     stages.append(Stage("prepare", synth, prepare_reads, run_prepare_stage, files=_prepare_files,
                         resources=("prepare.cpus_per_task",)))
-    after: tuple[str, ...] = ()
     if cfg.sweep.enabled:
         stages.append(Stage(
             "sweep", ("prepare", *synth), _sweep_reads(cfg), run_sweep_stage,
             files=lambda c: {**_deepspeed_files("pretrain", "finetune")(c),
-                             **_benchmark_files(c.sweep.dev.benchmark, c.sweep.dev.root or c.evaluate.root)},
-            resolves=resolve_from_sweep))
-        from components.sweep.space import auto_keys
-
-        after = ("sweep",) if auto_keys(cfg) else ()
+                             **_benchmark_files(c.sweep.dev.benchmark, c.sweep.dev.root or c.evaluate.root)}))
     train_reads = ("seed", "model")
     for stage, deps, body in (("pretrain", ("prepare",), run_pretrain),
                               ("finetune", ("prepare", "pretrain"), run_finetune)):
-        stages.append(Stage(stage, deps, (*train_reads, stage), body, files=_deepspeed_files(stage), after=after,
+        stages.append(Stage(stage, deps, (*train_reads, stage), body, files=_deepspeed_files(stage),
                             resources=(f"{stage}.keep_checkpoints",)))
     eval_names = []
     eval_reads = ("evaluate.root", "evaluate.template", "evaluate.batch_size", "evaluate.use_gpu",

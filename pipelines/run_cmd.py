@@ -19,8 +19,8 @@ from components.core.redact import redact, redact_json
 
 from .artifacts import storage_root
 from .console import Console, captured, display_status, log_file, publish_log
-from .executor import PlannedStage, execute, make_plan
-from .llava15 import build_stages
+from .executor import PlannedStage
+from .plan import plan_pipeline, run_plan
 
 # Metrics shown in the final table and the stage lines, when a stage has them.
 KEY_METRICS = ("files", "pretrain_kept", "pretrain_rejected", "finetune_kept", "finetune_rejected", "steps",
@@ -110,8 +110,8 @@ def run_pipeline(
 ) -> int:
     root = storage_root(cfg)
     with contextlib.redirect_stdout(sys.stderr):  # whatever a library prints while planning is not a result
-        stages = build_stages(cfg)
-        plan = make_plan(cfg, stages, root, only=only, from_=from_, force=force)
+        pipeline = plan_pipeline(cfg, root, only=only, from_=from_, force=force)
+    plan = pipeline.planned
     if dry_run:
         if as_json:
             print(json.dumps({"stages": {p.stage.name: {"action": p.action, "fingerprint": p.fingerprint,
@@ -130,12 +130,12 @@ def run_pipeline(
         tracker = PipelineTracker(cfg, root, command)
         lines = StageLines(tracker, console, to_err=as_json)
         try:
-            results = execute(cfg, plan, root, lines, concurrency=cfg.evaluate.concurrency)
+            results = run_plan(pipeline, lines, announce=lambda tail: console.line(format_plan(tail), to_err=as_json))
         finally:
             from components.evaluate.pool import close_warm_pools
 
             close_warm_pools()
-        tracker.finish(results, dag_png(stages, results))
+        tracker.finish(results, dag_png(pipeline.stages, results))
     log = publish_log(console.log_path, root)  # redacts the file in place first
     tracker.log_file(str(console.log_path))
     failed = any(r["status"] == "failed" for r in results.values())

@@ -610,7 +610,8 @@ def load_config(path: str | Path = "tiny", overrides: list[str] | None = None,
 
 
 def deepspeed_config_path(stage: TrainStageConfig) -> Path:
-    """The stage's DeepSpeed JSON (absolute once the config went through `load_config`)."""
-    from .paths import deepspeed_file
+    """The stage's DeepSpeed JSON on this node: a local file (absolute once the config went through
+    `load_config`), or a packaged file (a name) in this process's own copy of the configs."""
+    from .paths import find_deepspeed_file
 
-    return Path(deepspeed_file(stage.deepspeed, Path.cwd(), CONFIG_DIR, "deepspeed"))
+    return find_deepspeed_file(stage.deepspeed, Path.cwd(), CONFIG_DIR, "deepspeed")

@@ -55,13 +55,24 @@ def _sqlite_uri(uri: str | None, cwd: Path) -> str | None:
     return "sqlite:///" + absolute(uri.removeprefix("sqlite:///"), cwd)
 
 
-def deepspeed_file(value: str, cwd: Path, config_dir: Path, key: str) -> str:
-    """A DeepSpeed JSON: a path (relative to the working directory), else a file of the packaged configs
-    folder (`deepspeed/zero2.json`), the same lookup as config names."""
+def find_deepspeed_file(value: str, cwd: Path, config_dir: Path, key: str) -> Path:
+    """A DeepSpeed JSON on this machine: a path (relative to the working directory), else a file of the
+    packaged configs folder (`deepspeed/zero2.json`), the same lookup as config names."""
     for candidate in (cwd / Path(value).expanduser(), config_dir / value):
         if candidate.is_file():
-            return str(candidate.resolve())
+            return candidate.resolve()
     raise PathError(f"{key}: DeepSpeed config {value!r} not found (looked in {cwd} and the packaged {config_dir})")
+
+
+def deepspeed_file(value: str, cwd: Path, config_dir: Path, key: str) -> str:
+    """What the config keeps: a local file's absolute path, or a packaged file's name under the configs
+    folder. The code, packaged configs included, sits at another path on every node (a Ray job's working
+    dir), so each process finds a packaged file in its own copy (`config.deepspeed_config_path`)."""
+    path = find_deepspeed_file(value, cwd, config_dir, key)
+    packaged = config_dir.resolve()
+    if path.is_relative_to(packaged) and not (cwd / Path(value).expanduser()).is_file():
+        return path.relative_to(packaged).as_posix()
+    return str(path)
 
 
 def resolve_local_paths(cfg: PipelineConfig, cwd: Path, config_dir: Path) -> PipelineConfig:

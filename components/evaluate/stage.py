@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.core import storage
 from components.core.templates import TemplateName
-from components.evaluate.benchmarks import Benchmark, Question, get_benchmark
+from components.evaluate.benchmarks import Benchmark, BenchmarkDataError, Question, get_benchmark
+from components.evaluate.benchmarks.base import MAX_REJECTED_FRACTION
 from components.evaluate.generate import compare_answers
 from components.evaluate.judge import Judge, JudgeConfig, JudgeNotConfigured, make_judge
 from components.evaluate.outputs import (
@@ -33,6 +35,7 @@ from components.evaluate.outputs import (
     write_chart,
 )
 from components.evaluate.pool import GenerationPool, PoolSpec, generate_in_process
+from components.models.remote import localize
 from components.tracking import MlflowTarget
 
 _UPLOAD_EXT = {"mmbench": "tsv", "mmbench_cn": "tsv"}  # the rest upload JSON
@@ -43,18 +46,22 @@ class _Job:
     """One benchmark of a run: its questions (file order) and where things are."""
 
     bench: Benchmark
-    root: Path
+    root: Path  # the benchmark folder on this node (question and annotation files)
+    source: str  # the benchmark folder as the eval root names it (maybe s3://): where actors read images
     out: Path
     questions: list[Question]
     max_new_tokens: int
     parity_ids: set[str] = field(default_factory=set)
     judge: Judge | JudgeNotConfigured | None = None
+    unread: list[dict[str, Any]] = field(default_factory=list)  # malformed question records (file:line, why)
 
 
 def _question_rows(jobs: Sequence[_Job]) -> list[dict[str, Any]]:
     """Rows for Ray Data: image prompts first, then by generation length and prompt length (less padding).
 
     `feed` is the position in this feed order; images are located here, so actors need no benchmark layout.
+    Actors may run on other nodes: an image is named under the folder's source (a storage URL or a shared
+    path), never under this node's local copy.
     """
     flat = [(job, q) for job in jobs for q in job.questions]
     flat.sort(key=lambda jq: (jq[1].image is None, jq[0].max_new_tokens, len(jq[1].prompt)))
@@ -66,7 +73,7 @@ def _question_rows(jobs: Sequence[_Job]) -> list[dict[str, Any]]:
             "prompt": q.prompt,
             # The name as the question file gives it; the actor reads it only from under the benchmark folder.
             "image_path": q.image if isinstance(q.image, str) else None,
-            "image_root": str(job.root) if isinstance(q.image, str) else None,
+            "image_root": job.source if isinstance(q.image, str) else None,
             "image_bytes": q.image if isinstance(q.image, bytes) else None,
             "max_new_tokens": job.max_new_tokens,
             "parity": q.question_id in job.parity_ids,
@@ -101,16 +108,25 @@ def _skipped_for_judge(job: _Job, reason: str) -> dict[str, Any]:
     }
 
 
+def benchmark_folder(eval_root: str | Path, bench: Benchmark) -> tuple[Path, str]:
+    """(the benchmark folder on this node, the folder as the eval root names it). A remote folder's files are
+    fetched to this node's cache, its images left out: whoever reads an image reads it from the source."""
+    source = storage.join(str(eval_root), bench.folder)
+    return Path(localize(source, exclude=(bench.images,) if bench.images else ())), source
+
+
 def _prepare_job(
     name: str, eval_root: str | Path, out_dir: str | Path, limit: int | None, parity_sample: int,
     max_new_tokens: int | None,
 ) -> _Job:
     bench = get_benchmark(name)
-    root = Path(eval_root) / bench.folder
+    root, source = benchmark_folder(eval_root, bench)
     questions = bench.load_questions(root)
+    unread = questions.rejected  # malformed records: each in rejected.jsonl with its file:line and field
     if limit is not None:
         questions = questions[:limit]  # a prefix: positional scorers (POPE, MME pairs) stay aligned
-    job = _Job(bench, root, Path(out_dir) / bench.name, questions, max_new_tokens or bench.max_new_tokens)
+    job = _Job(bench, root, source, Path(out_dir) / bench.name, questions,
+               max_new_tokens or bench.max_new_tokens, unread=unread)
     if parity_sample > 0:
         job.parity_ids = {q.question_id for q in _spread(questions, parity_sample)}
     return job
@@ -125,8 +141,8 @@ def _finish(
     # A question the pool returned nothing for, or rejected, is scored as missing (counted in n_missing).
     returned = {q.question_id: results[(bench.name, q.question_id)] for q in job.questions
                 if (bench.name, q.question_id) in results}
-    rejected = [{"question_id": q.question_id, "index": q.index, **returned[q.question_id]["rejected"]}
-                for q in job.questions if "rejected" in returned.get(q.question_id, {})]
+    rejected = [*job.unread, *({"question_id": q.question_id, "index": q.index, **returned[q.question_id]["rejected"]}
+                               for q in job.questions if "rejected" in returned.get(q.question_id, {}))]
     mine = {k: r for k, r in returned.items() if "rejected" not in r}
     answers = {k: r["text"] for k, r in mine.items()}
     gen_s = sum(r["gen_s"] for r in mine.values())
@@ -180,7 +196,17 @@ def _finish(
         mlflow.set_tags({f"eval.{bench.name}.status": result.get("status", "ok")})
         for key in ("answers", "rejected", "table", "chart", "metrics"):
             mlflow.log_artifact(files[key], f"eval/{bench.name}")
+    _check_rejected(bench.name, rejected, len(job.questions) + len(job.unread), out)
     return result
+
+
+def _check_rejected(name: str, rejected: list[dict[str, Any]], total: int, out: Path) -> None:
+    """Most questions rejected is a broken setup (images out of reach, a wrong folder), not a score: fail
+    loudly, naming the top reasons, after the files that explain it are written."""
+    if total and len(rejected) > MAX_REJECTED_FRACTION * total:
+        top = ", ".join(f"{reason} ({n})" for reason, n in Counter(r["reason"] for r in rejected).most_common(3))
+        raise BenchmarkDataError(f"{name}: {len(rejected)} of {total} questions were rejected (more than "
+                                 f"{MAX_REJECTED_FRACTION:.0%}): {top}; see {out / 'rejected.jsonl'}")
 
 
 def run_benchmarks(
@@ -210,7 +236,8 @@ def run_benchmarks(
     """Generate answers for the benchmarks `bench_names` with one generation pool, score them and write the
     results; one result per name, in the order given. The one entry point of the evaluate component.
 
-    `eval_root` holds the benchmark folders as in LLaVA's eval.zip (`<eval_root>/<folder>/...`); results go to
+    `eval_root` holds the benchmark folders as in LLaVA's eval.zip (`<eval_root>/<folder>/...`), local or
+    s3:// (question files are fetched to this node, images read by each actor on its own); results go to
     `<out_dir>/<benchmark>/`. `limit` takes the first N questions of each file (a prefix, so positional scorers
     stay aligned); the score then covers those N only. `parity_sample` > 0 also answers that many questions
     (spread over the file) at batch 1: result["parity"] lists where they differ ([] when none do) and

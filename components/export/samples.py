@@ -3,7 +3,7 @@ fixed list with generated images.
 
 Sources, best first:
 1. the evaluated benchmarks' own questions, images included, when their folder can be read
-   (`<eval_root>/<benchmark folder>`);
+   (`<eval_root>/<benchmark folder>`, local or s3://, fetched on the node that runs the export);
 2. the prompts in the evaluation outputs' answers.jsonl (the images are not there: generated ones stand in);
 3. FIXED_PROMPTS with generated images.
 At least one prompt is text-only when two or more are asked for, so both input paths are exercised.
@@ -15,13 +15,13 @@ import json
 import logging
 from dataclasses import dataclass
 from itertools import chain, zip_longest
-from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from components.core import datafiles, storage
 from components.core.images import ImageError, decode_image
 from components.evaluate.benchmarks import BenchmarkDataError, get_benchmark
+from components.evaluate.stage import benchmark_folder
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _bench_name(stage_name: str) -> str:
 def _from_benchmark(name: str, eval_root: str, k: int) -> list[ParityItem]:
     """k questions spread over the benchmark's question file, with their images."""
     bench = get_benchmark(name)
-    root = Path(eval_root) / bench.folder
+    root, source = benchmark_folder(eval_root, bench)  # questions fetched to this node; images read from source
     questions = bench.load_questions(root)
     picked = [questions[i] for i in _spread(len(questions), k)]
     items = []
@@ -87,7 +87,7 @@ def _from_benchmark(name: str, eval_root: str, k: int) -> list[ParityItem]:
         if isinstance(q.image, bytes):
             image = decode_image(q.image, source=f"{bench.name} question {q.question_id}")
         elif isinstance(q.image, str):
-            path, data = datafiles.read(datafiles.DataRoot(str(root)), q.image)
+            path, data = datafiles.read(datafiles.DataRoot(source), q.image)
             image = decode_image(data, source=path)
         items.append(ParityItem(f"{bench.name}:{q.question_id}", q.prompt, image, bench.name))
     return items

@@ -1,7 +1,10 @@
-"""Make a checkpoint location usable by `from_pretrained`: remote folders (s3://…) are copied to a local cache.
+"""Remote folders (s3://…) made local on the node that reads them: the one way inputs are fetched.
 
-HF hub names and local paths pass through untouched (the hub has its own cache). A remote folder is cached
-under a key built from its URL and its files' sizes and ETags, so a changed checkpoint is fetched again.
+A checkpoint for `from_pretrained`, a benchmark folder's question and annotation files: whoever opens them
+calls `localize` on its own node (a cluster's nodes share no disk, only the storage root), never a path
+another node prepared. HF hub names and local paths pass through untouched (the hub has its own cache). A
+remote folder is cached under a key built from its URL and its files' sizes and ETags, so a changed folder
+is fetched again. Single data files (images) are read where they are, through components.core.datafiles.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ def _inside(folder: Path, rel: str, what: str) -> Path:
     return folder.joinpath(*parts)
 
 
-def localize(name_or_path: str) -> str:
-    """A local folder for a remote checkpoint URL; anything else is returned as given.
+def localize(name_or_path: str, exclude: tuple[str, ...] = ()) -> str:
+    """A local folder (in this node's cache) for a remote folder URL; anything else is returned as given.
 
-    Copies into a temporary sibling and renames, so concurrent workers on one node never see a half copy.
+    `exclude`: subfolders (relative) left out of the copy, e.g. a benchmark's image folder, which readers
+    open file by file from the URL instead. Copies into a temporary sibling and renames, so concurrent
+    workers on one node never see a half copy.
     """
     if not is_remote(name_or_path):
         return name_or_path.removeprefix("file://")
@@ -44,12 +49,15 @@ def localize(name_or_path: str) -> str:
         listing = fs.find(root, detail=True)
     except OSError as e:
         raise FileNotFoundError(f"{name_or_path}: cannot list the checkpoint folder ({e})") from None
-    files = {p: info for p, info in listing.items() if info.get("type", "file") == "file"}
-    if not files:
-        raise FileNotFoundError(f"{name_or_path}: no files found (expected a checkpoint folder)")
-
     prefix = root.rstrip("/") + "/"
+    skipped = tuple(prefix + e.strip("/") + "/" for e in exclude if e.strip("/"))
+    files = {p: info for p, info in listing.items()
+             if info.get("type", "file") == "file" and not p.startswith(skipped)}
+    if not files:
+        raise FileNotFoundError(f"{name_or_path}: no files found (expected a folder of files)")
+
     digest = hashlib.sha256(name_or_path.encode())
+    digest.update("\0".join(sorted(skipped)).encode())  # a partial copy never stands for the whole folder
     for path in sorted(files):
         info = files[path]
         tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""

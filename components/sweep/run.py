@@ -1,13 +1,13 @@
-"""The sweep on Ray Tune: one function trainable per grid point, each driving Ray Train runs (Train V2 pattern).
+"""The sweep on Ray Tune: one function trainable per grid point, each driving one Ray Train run (Train V2 pattern).
 
-A trial trains a proxy pretrain, then the proxy finetune in `rungs` segments of one Ray Train run (same run
-name: each segment resumes from the previous one's checkpoint, the schedule spans the whole proxy), and after
-each segment evaluates the dev benchmark and reports to Tune (the evaluation runs in the trial process on CPU,
-where torch is loaded already, and on a one-GPU Ray Data actor when trials train on GPUs). ASHA decides at the
-rungs; the trial process is
-then blocked inside `tune.report` with no Train run alive, so a stopped trial leaves no Train controller or
-placement group behind. Every trial reads the one prepared dataset (image tokens are expanded per resolution
-at collate time), so nothing resolution-independent is recomputed.
+A trial is one Train run on one worker group: the proxy pretrain, then the proxy finetune in `rungs`
+segments (each resumes from the previous one's checkpoint; the schedule spans the whole proxy). After each
+segment rank 0 evaluates the dev benchmark in the worker (in process on CPU; on a one-GPU Ray Data actor when
+trials train on GPUs) and every rank reports: `TuneReportCallback` hands rank 0's metrics to Tune, whose ASHA
+decides at the rungs. The trial actor writes the decision next to the Train run (`_trainable`), the workers
+wait for it, and a stopped run ends itself, leaving no Train controller or placement group behind. Every
+trial reads the one prepared dataset (image tokens are expanded per resolution at collate time), so nothing
+resolution-independent is recomputed.
 
 Each trial is a nested MLflow run under the sweep stage's run (params: connector, resolution; metrics per
 rung; cost). The stage writes best.json, ablation.csv / ablation.md and heatmap.png, also logged to MLflow.
@@ -71,18 +71,6 @@ def sweep_metric(cfg: PipelineConfig, bench: Any) -> str:
     return metric
 
 
-def _local_eval_root(root: str, folder: str, tmp: str) -> str:
-    """An eval root the benchmark readers (local files only) can open; s3:// folders are copied once."""
-    if not storage.is_remote(root):
-        return root
-    from components.models.remote import localize
-
-    link = Path(tmp) / "eval_root" / folder
-    link.parent.mkdir(parents=True, exist_ok=True)
-    link.symlink_to(localize(storage.join(root, folder)), target_is_directory=True)
-    return str(link.parent)
-
-
 def _trial_run(job: SweepJob, point: TrialPoint, trial_id: str) -> MlflowTarget | None:
     """The trial's nested MLflow run (under the sweep stage's run), with the point as params."""
     if job.mlflow is None:
@@ -100,63 +88,176 @@ def _trial_run(job: SweepJob, point: TrialPoint, trial_id: str) -> MlflowTarget 
     return MlflowTarget(job.mlflow.tracking_uri, run.info.run_id)
 
 
-def _trial(config: dict[str, Any], job: SweepJob) -> None:
-    """Tune function trainable: proxy pretrain, then finetune segments each followed by a dev evaluation."""
+# The Tune actor's running trial: the folder of its Train run, where the trial's scheduler decisions are written
+# for the workers (`go_<rung>`: continue after that rung; `STOP`: stopped). One trial per actor at a time.
+_GATE: list[str] = []
+
+
+def _decided(files: tuple[str, ...]) -> None:
+    """In the trial actor: publish a decision of Tune's scheduler to the trial's Train workers."""
+    if _GATE:
+        for name in files:
+            storage.write_bytes(storage.join(_GATE[0], name), b"")
+
+
+def _trainable(job: SweepJob) -> Any:
+    """The trial as a Tune function trainable that tells its Train run what the scheduler decided.
+
+    Tune calls `train()` for a trial's next result only when its scheduler let the trial continue, and `stop()`
+    (cleanup) when it stops it: those publish `go_<rung>` / `STOP`, which the workers wait for after each rung.
+    A stopped Train run so ends itself, and no controller or placement group outlives the trial (Ray's cleaner
+    for those needs the dashboard).
+    """
     from ray import tune
+    from ray.train._internal.session import get_session
+    from ray.tune.trainable.function_trainable import wrap_function
 
-    from components.evaluate.stage import run_benchmarks
-    from components.train.run import run_training, stage_steps
+    class Trial(wrap_function(tune.with_parameters(_trial, job=job))):  # type: ignore[misc]
+        def train(self) -> dict[str, Any]:
+            if self.iteration:
+                _decided((f"go_{self.iteration}",))
+            return super().train()
 
+        def cleanup(self) -> None:
+            _decided(("STOP",))
+            thread = getattr(get_session(), "training_thread", None)
+            if thread is not None and thread.is_alive():
+                thread.join(timeout=300)  # the trial function returns once its Train run has ended
+            super().cleanup()
+
+    return tune.with_resources(Trial, {"cpu": job.cfg.sweep.resources.driver_cpus})
+
+
+def _await_decision(gate: str, rung: int, rank: int, timeout_s: float = 600.0) -> bool:
+    """Collective, after a rung's report: True if the trial continues (rank 0 waits for Tune's decision)."""
+    import torch
+    import torch.distributed as dist
+
+    go = torch.zeros(1)
+    if rank == 0:
+        deadline = time.monotonic() + timeout_s
+        while not storage.exists(storage.join(gate, f"go_{rung}")):
+            if storage.exists(storage.join(gate, "STOP")):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{gate}: no scheduler decision {timeout_s:.0f} s after rung {rung}")
+            time.sleep(0.2)
+        else:
+            go[0] = 1
+    dist.broadcast(go, src=0)
+    return bool(go.item())
+
+
+def _trial(config: dict[str, Any], job: SweepJob) -> None:
+    """Tune function trainable: one Ray Train run (proxy pretrain, then the finetune's rungs) reporting to Tune."""
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from components.train.data import ROW_COLUMNS, read_shards
+    from components.train.run import fit
+
+    class RungsToTune(TuneReportCallback):
+        """Train → Tune for the rung reports only (the checkpoint reports carry step metrics)."""
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if "rung" in metrics[0]:
+                super().after_report(run_context, metrics, None)
+
+    point = point_for(job.cfg, config["connector"], config["image_size"])
+    tcfg = trial_config(job.cfg, point)
+    target = _trial_run(job, point, tune.get_context().get_trial_id())
+    name = f"{job.run_prefix}-{point.key}"
+    _GATE[:] = [storage.join(job.train_storage, name)]
+    rows = {stage: ray.put(read_shards(job.prepared, stage, ROW_COLUMNS)) for stage in ("pretrain", "finetune")}
+    fit(_trial_loop, {"job": job, "point": point, "mlflow": target, "rows": rows, "gate": _GATE[0],
+                      "started": time.time()},
+        tcfg.finetune, run_name=name, storage_path=job.train_storage, callbacks=[RungsToTune()])
+
+
+def _stage(job: Any, rt: Any) -> dict[str, Any] | None:
+    """Train one stage of the trial, or take its summary when a previous attempt of the run finished it."""
+    from components.train.recipe import train
+
+    done = storage.join(job.out, "summary.json")
+    if storage.exists(done):
+        return storage.read_json(done) if rt.rank == 0 else None
+    return train(job, rt)
+
+
+def _trial_loop(config: dict[str, Any]) -> None:
+    """Each Train worker of a trial: proxy pretrain, then finetune segments; after each, rank 0 evaluates the
+    dev benchmark and every rank reports (rank 0's metrics reach Tune, whose ASHA may then stop the trial)."""
+    from components.train.recipe import plan
+    from components.train.runtime import RayRuntime, StopRequested
+
+    job: SweepJob = config["job"]
+    point: TrialPoint = config["point"]
+    target: MlflowTarget | None = config["mlflow"]
     cfg, sweep = job.cfg, job.cfg.sweep
-    point = point_for(cfg, config["connector"], config["image_size"])
     tcfg = trial_config(cfg, point)
     bench = dev_benchmark(cfg)
-    trial_id = tune.get_context().get_trial_id()
-    target = _trial_run(job, point, trial_id)
     folder = storage.join(job.out, "trials", point.key)
-    name = f"{job.run_prefix}-{point.key}"
-    started = time.time()
-    train_s = eval_s = 0.0
-
-    t0 = time.time()
-    pre = run_training(tcfg, "pretrain", prepared=job.prepared, out=storage.join(folder, "pretrain"),
-                       run_name=f"{name}-pretrain", storage_path=job.train_storage, mlflow=target)
-    train_s += time.time() - t0
-    connector = storage.join(folder, "pretrain", "connector.safetensors")
-    stops = rung_steps(stage_steps(tcfg, "finetune", job.prepared), sweep.rungs)
-    fin: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="llava-sweep-") as tmp:
-        eval_root = _local_eval_root(job.eval_root, bench.folder, tmp)
+    started, gate = config["started"], config["gate"]
+    stop_file = storage.join(gate, "STOP")
+    try:
+        t0 = time.time()
+        rt = RayRuntime(config["rows"]["pretrain"], stop_file)
+        pre = _stage(plan(tcfg, "pretrain", prepared=job.prepared, out=storage.join(folder, "pretrain"),
+                          mlflow=target), rt)
+        train_s, eval_s = time.time() - t0, 0.0
+        connector = storage.join(folder, "pretrain", "connector.safetensors")
+        rt = RayRuntime(config["rows"]["finetune"], stop_file)
+        stops = rung_steps(plan(tcfg, "finetune", prepared=job.prepared, out="").total_steps, sweep.rungs)
         for rung, stop in enumerate(stops, 1):
             seg = storage.join(folder, f"rung{rung}")
-            t0 = time.time()
-            fin = run_training(tcfg, "finetune", prepared=job.prepared, out=storage.join(seg, "finetune"),
-                               run_name=f"{name}-finetune", storage_path=job.train_storage, init_connector=connector,
-                               mlflow=target, stop_at_step=stop)
-            train_s += time.time() - t0
-            t0 = time.time()
-            with storage.staged_dir(storage.join(seg, "eval")) as eval_out:
-                (result,) = run_benchmarks(
-                    [bench.name], model_dir=storage.join(seg, "finetune", "model"), eval_root=eval_root,
-                    out_dir=eval_out, template=cfg.evaluate.template, batch_size=sweep.dev.batch_size,
-                    num_actors=1, use_gpu=tcfg.finetune.use_gpu, limit=sweep.dev.limit,
-                    cpus_per_actor=max(1.0, sweep.resources.driver_cpus), in_process=not tcfg.finetune.use_gpu)
-            eval_s += time.time() - t0
-            _remove(storage.join(seg, "finetune", "model"))  # evaluated; only the summary and answers are kept
-            value = result.get("value")
-            metrics = {
-                bench.metric: float(value) if value is not None else math.nan, "rung": rung,
-                "train_loss": fin.get("final_loss_mean"), "pretrain_loss": pre.get("final_loss_mean"),
-                "pretrain_steps": pre["steps"], "finetune_steps": fin["steps"],
-                "wall_s": time.time() - started, "train_s": train_s, "eval_s": eval_s,
-            }
-            if target is not None:
-                target.log_metrics({f"sweep/{k}": v for k, v in metrics.items() if k != "rung"}, step=rung)
-            print(f"[sweep] {point.key} rung {rung}/{len(stops)}: {bench.metric} {value} after {fin['steps']} "
-                  f"finetune steps, {metrics['wall_s']:.0f} s", flush=True)
-            # Nothing that must happen may follow a report: ASHA may stop the trial here (its process is killed
-            # while blocked in report, with no Train run alive), and a trial's last rung ends the same way.
-            tune.report({**metrics, "mlflow_run_id": target.run_id if target else ""})
+            reported = storage.join(seg, "reported.json")
+            if not storage.exists(reported):  # a restarted worker group skips the rungs Tune has
+                t0 = time.time()
+                fin = _stage(plan(tcfg, "finetune", prepared=job.prepared, out=storage.join(seg, "finetune"),
+                                  init_connector=connector, mlflow=target, stop_at_step=stop), rt)
+                train_s += time.time() - t0
+                metrics: dict[str, Any] = {}
+                if rt.rank == 0:  # the others wait in the report below
+                    assert pre is not None and fin is not None
+                    t0 = time.time()
+                    value = _dev_value(job, tcfg, bench, seg)
+                    eval_s += time.time() - t0
+                    metrics = {
+                        bench.metric: float(value) if value is not None else math.nan, "rung": rung,
+                        "train_loss": fin.get("final_loss_mean"), "pretrain_loss": pre.get("final_loss_mean"),
+                        "pretrain_steps": pre["steps"], "finetune_steps": fin["steps"],
+                        "wall_s": time.time() - started, "train_s": train_s, "eval_s": eval_s,
+                        "mlflow_run_id": target.run_id if target else "",
+                    }
+                    if target is not None:
+                        target.log_metrics({f"sweep/{k}": v for k, v in metrics.items()
+                                            if k not in ("rung", "mlflow_run_id")}, step=rung)
+                    print(f"[sweep] {point.key} rung {rung}/{len(stops)}: {bench.metric} {value} after "
+                          f"{fin['steps']} finetune steps, {metrics['wall_s']:.0f} s", flush=True)
+                rt.report(metrics)  # Train → Tune (RungsToTune): its scheduler decides on this rung
+                if rt.rank == 0:
+                    storage.write_json(reported, metrics)
+                    _remove(storage.join(seg, "finetune", "model"))  # evaluated; the summary and answers stay
+            if rung < len(stops) and not _await_decision(gate, rung, rt.rank):
+                raise StopRequested(f"stopped by the scheduler after rung {rung}")
+    except StopRequested as e:
+        print(f"[sweep] {point.key}: {e}", flush=True)
+
+
+def _dev_value(job: SweepJob, tcfg: PipelineConfig, bench: Any, seg: str) -> float | None:
+    """The dev benchmark's metric for the rung's model (rank 0; in this process on CPU)."""
+    from components.evaluate.stage import run_benchmarks
+
+    dev = job.cfg.sweep.dev
+    with storage.staged_dir(storage.join(seg, "eval")) as eval_out:
+        (result,) = run_benchmarks(
+            [bench.name], model_dir=storage.join(seg, "finetune", "model"),
+            eval_root=job.eval_root,  # as stored (maybe s3://): run_benchmarks fetches it on this node
+            out_dir=eval_out, template=job.cfg.evaluate.template, batch_size=dev.batch_size, num_actors=1,
+            use_gpu=tcfg.finetune.use_gpu, limit=dev.limit,
+            cpus_per_actor=max(1.0, job.cfg.sweep.resources.driver_cpus), in_process=not tcfg.finetune.use_gpu)
+    return result.get("value")
 
 
 def _remove(path: str) -> None:
@@ -259,7 +360,7 @@ def run_sweep(cfg: PipelineConfig, *, prepared: str, eval_root: str, out: str, s
                  if sweep.asha.enabled else FIFOScheduler())
     connectors = list(dict.fromkeys(p.connector for p in points))
     sizes = list(dict.fromkeys(p.image_size for p in points))
-    trainable = tune.with_resources(tune.with_parameters(_trial, job=job), {"cpu": sweep.resources.driver_cpus})
+    trainable = _trainable(job)
     tuner = tune.Tuner(
         trainable,
         param_space={"connector": tune.grid_search(connectors), "image_size": tune.grid_search(sizes)},
@@ -274,9 +375,8 @@ def run_sweep(cfg: PipelineConfig, *, prepared: str, eval_root: str, out: str, s
     wall = time.time() - started
     records = _records(results, cfg, (metric, bench.metric))
     _close_trial_runs(job, records)
-    for point in points:  # the proxy runs' checkpoints served the rung segments only
-        for stage in ("pretrain", "finetune"):
-            _remove(storage.join(job.train_storage, f"{job.run_prefix}-{point.key}-{stage}"))
+    for point in points:  # the trials' Train runs (checkpoints between rungs) served the sweep only
+        _remove(storage.join(job.train_storage, f"{job.run_prefix}-{point.key}"))
     experiment = storage.join(tune_storage, job.run_prefix)
     summary = best_json(records, metric, sweep.mode, sweep.rungs,
                         {"wall_s": wall, "tune_experiment": experiment, "dev": sweep.dev.model_dump(mode="json"),

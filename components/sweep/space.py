@@ -1,7 +1,8 @@
 """The sweep's grid and how its values enter a pipeline config. Pure: no Ray, no torch.
 
 - `grid`: the trial points, connector × resolution, in a fixed order (the order Tune runs them).
-- `trial_config`: the config a trial trains with: its point, the proxy budget, the per-trial resources.
+- `trial_config`: the config a trial trains with: its point, the proxy budget, the per-trial resources (one
+  worker group for both stages: pretrain takes the finetune's workers).
 - `resolve_auto`: `auto` in model.connector / model.vision.image_size replaced by the sweep's best values.
 """
 
@@ -70,25 +71,34 @@ def scaled_epochs(epochs: float, fraction: float) -> float:
 
 
 def trial_config(cfg: PipelineConfig, point: TrialPoint) -> PipelineConfig:
-    """The config one trial trains with: its connector and resolution, the proxy budget, trial resources."""
-    sweep = cfg.sweep
-    raw = cfg.model_dump(mode="json")
-    _apply_model(raw["model"], point.connector, point.resolution)
-    if raw["model"]["vision"]["image_size"] == AUTO:  # resolution not searched: the model's own
-        raw["model"]["vision"]["image_size"] = None
+    """The config a trial trains with: its point, the proxy budget, trial resources. Built by copying
+    sections, never by dumping the whole config: the sweep stage gets a view of the keys it declares
+    (components/core/config_view.py) and so do its trials."""
+    sweep, r = cfg.sweep, cfg.sweep.resources
+    vision: dict[str, Any] = {}
+    if point.resolution is not None:
+        vision["image_size"] = point.resolution.image_size
+        if point.resolution.name_or_path:
+            vision["name_or_path"] = point.resolution.name_or_path
+    elif cfg.model.vision.image_size == AUTO:  # resolution not searched: the model's own
+        vision["image_size"] = None
+    model: dict[str, Any] = {"vision": cfg.model.vision.model_copy(update=vision)} if vision else {}
+    if point.connector is not None:
+        model["connector"] = point.connector
     caps = {"pretrain": sweep.proxy.pretrain_steps, "finetune": sweep.proxy.finetune_steps}
-    r = sweep.resources
+    workers = {key: getattr(r, key) if getattr(r, key) is not None else getattr(cfg.finetune, key)
+               for key in ("num_workers", "use_gpu", "cpus_per_worker")}  # one worker group trains both stages
+    stages = {}
     for stage in ("pretrain", "finetune"):
-        sc = raw[stage]
-        sc["epochs"] = scaled_epochs(sc["epochs"], sweep.proxy.data_fraction)
-        limits = [x for x in (sc["max_steps"], caps[stage]) if x is not None]
-        sc["max_steps"] = min(limits) if limits else None
-        sc["checkpoint_every"] = 0  # checkpoints come at each rung
-        for key in ("num_workers", "use_gpu", "cpus_per_worker"):
-            if getattr(r, key) is not None:
-                sc[key] = getattr(r, key)
-    raw["sweep"] = {"enabled": False}
-    return validate(raw, f"sweep trial {point.key}")
+        sc = getattr(cfg, stage)
+        limits = [x for x in (sc.max_steps, caps[stage]) if x is not None]
+        stages[stage] = sc.model_copy(update={
+            "epochs": scaled_epochs(sc.epochs, sweep.proxy.data_fraction),
+            "max_steps": min(limits) if limits else None,
+            "checkpoint_every": 0,  # checkpoints come at each rung
+            **workers})
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update=model), **stages,
+                                  "sweep": sweep.model_copy(update={"enabled": False})})
 
 
 def rung_steps(total: int, rungs: int) -> list[int]:

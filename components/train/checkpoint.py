@@ -1,12 +1,13 @@
-"""Resumable training state: DeepSpeed's checkpoint + meta.json + per-rank RNG, reported to Ray Train.
+"""Resumable training state: DeepSpeed's checkpoint + meta.json + per-rank RNG, saved through the runtime.
 
 Our own files hold no pickles (RNG as safetensors, meta as JSON). DeepSpeed's checkpoint loader does unpickle
 its own files, so the checkpoint storage must be writable only by the pipeline (see cluster/README.md).
 
 Every rank writes its own ZeRO shard and RNG file into a scratch folder, rank 0 adds meta.json (step, data
-position, losses so far), and every rank reports it: Ray Train merges the folders into one checkpoint in run
-storage and keeps the newest `num_to_keep`. Frozen parameters are left out (they are rebuilt from the model
-config on resume), so a pretraining checkpoint holds the connector and its optimizer state, not the LLM.
+position, losses so far), and every rank hands it to the runtime (`runtime.py`: Ray Train merges the folders
+into one checkpoint in run storage; without Ray each rank writes into the step's folder). Frozen parameters are
+left out (they are rebuilt from the model config on resume), so a pretraining checkpoint holds the connector
+and its optimizer state, not the LLM.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 META = "meta.json"
 
@@ -46,34 +50,34 @@ def load_rng_state(path: Path) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_and_report(engine: Any, meta: dict[str, Any], metrics: dict[str, float], rank: int) -> None:
+def save(engine: Any, meta: dict[str, Any], metrics: dict[str, float], rt: Runtime) -> None:
     """Collective: every rank must call it at the same step."""
-    import ray.train
-
     with tempfile.TemporaryDirectory(prefix="llava-ckpt-") as tmp:
         tag = f"step_{meta['step']}"
         engine.save_checkpoint(tmp, tag=tag, exclude_frozen_parameters=True)
-        save_rng_state(rng_file(tmp, rank))
-        if rank == 0:
+        save_rng_state(rng_file(tmp, rt.rank))
+        if rt.rank == 0:
             (Path(tmp) / META).write_text(json.dumps({**meta, "tag": tag}, indent=2))
         dist.barrier()  # all shards on disk before any rank uploads
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        rt.save(tmp, metrics)
 
 
-def restore(engine: Any, rank: int) -> dict[str, Any] | None:
-    """Load the run's latest checkpoint into the engine (module, optimizer, schedule, RNG); its meta, or None."""
-    import ray.train
+def restore(engine: Any, rt: Runtime, stage: str) -> dict[str, Any] | None:
+    """Load the run's latest checkpoint into the engine (module, optimizer, schedule, RNG); its meta, or None.
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
+    A checkpoint of another stage (the sweep trains pretrain then finetune in one run) is not resumed from.
+    """
+    with rt.latest_checkpoint() as folder:
+        if folder is None:
+            return None
         meta = json.loads((Path(folder) / META).read_text())
+        if meta.get("stage", stage) != stage:
+            return None
         # Frozen weights are not in the checkpoint (see module docstring), hence not strict.
         load_path, _ = engine.load_checkpoint(folder, tag=meta["tag"], load_module_strict=False)
         if load_path is None:
             raise RuntimeError(f"{folder}: DeepSpeed found no checkpoint under tag {meta['tag']!r}")
-        rng = rng_file(folder, rank)
+        rng = rng_file(folder, rt.rank)
         if rng.exists():  # a different world size leaves some ranks without one: keep their seed
             load_rng_state(rng)
     return meta

@@ -1,12 +1,20 @@
-"""The training worker, pretrain and finetune alike: one DeepSpeed engine per Ray Train worker.
+"""The training recipe, pretrain and finetune alike: one DeepSpeed engine per rank, in one readable flow.
 
-Reads in run order: setup (model, trainable parts, engine, resume) → data → optimizer steps (micro-batches,
-backward, step, log, checkpoint) → outputs. The driver (`run.py`) resolved the data order and the step count;
-every rank builds the same model from the same seed, so ranks start identical without a broadcast.
+Reads in run order: `plan` (driver: step count and data order, the same on every rank) → `train` (setup:
+model, trainable parts, engine, resume → data → optimizer steps: micro-batches, backward, step, log,
+checkpoint → outputs). Every rank builds the same model from the same seed, so ranks start identical
+without a broadcast. Where it runs is a `Runtime` (runtime.py): a Ray Train worker (`train_loop`, started by
+run.py, the pipeline's path) or, without Ray, torchrun or one plain process (`main`):
+
+    python -m components.train.recipe pretrain --config tiny --prepared runs/tiny/artifacts/prepare/<fp> \
+        --out /tmp/pre --set pretrain.max_steps=1                            # one process, one CPU
+    torchrun --nproc_per_node 2 -m components.train.recipe finetune ...      # two ranks on gloo
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import math
 import os
@@ -14,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,37 +32,16 @@ from components.core import storage
 from components.core.config import PipelineConfig
 from components.tracking import MlflowTarget
 
-from .checkpoint import restore, save_and_report, wait_until_registered
+from .checkpoint import restore, save
 from .collate import PACK_MULTIPLE, CollateSpec, collate, sample_length, use_packed_attention
-from .data import worker_batches
+from .data import grouping_inputs
 from .engine import deepspeed_config, frozen_fingerprint
 from .flops import FlopCounts, mfu, peak_flops
-from .grouping import rank_positions
+from .grouping import rank_positions, sample_stream
 from .loss import supervised_loss
 from .outputs import write_export_probe, write_finetune_output, write_pretrain_output, write_summary
+from .runtime import LocalRuntime, RayRuntime, Runtime, StopRequested
 from .schedule import lr_lambda
-
-log = logging.getLogger(__name__)
-FAULT_ENV = "LLAVA_FAULT_STEP"  # tests: a worker dies right after this optimizer step, first attempt only
-PROBE_ENV = "LLAVA_EXPORT_PROBE"  # tests: save a batch and its in-training logits next to the output
-DELAY_ENV = "LLAVA_TRAIN_STEP_DELAY_S"  # tests: sleep after each step, so an interruption lands mid-run
-
-
-@dataclass(frozen=True)
-class Job:
-    """What the driver resolved for the workers."""
-
-    cfg: PipelineConfig
-    stage_name: str  # pretrain | finetune
-    prepared: str  # prepare output root (tokenizer/, <stage>/shards)
-    out: str  # stage output folder
-    init_connector: str | None  # connector.safetensors of the pretrain stage (finetune)
-    total_steps: int
-    num_rows: int
-    stop_at: int  # last optimizer step of this run (< total_steps for one segment of a longer run; see run.py)
-    stream: np.ndarray  # row number at each stream position (the epochs' orders back to back)
-    table_ref: Any  # ObjectRef of the rows' token table
-    mlflow: MlflowTarget | None
 
 
 def _local_file(path: str) -> str:
@@ -82,9 +69,62 @@ def _track(
         log.warning("MLflow logging failed at step %d: %s", step, e)
 
 
-def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+log = logging.getLogger(__name__)
+Stage = Literal["pretrain", "finetune"]
+FAULT_ENV = "LLAVA_FAULT_STEP"  # tests: a worker dies right after this optimizer step, first attempt only
+PROBE_ENV = "LLAVA_EXPORT_PROBE"  # tests: save a batch and its in-training logits next to the output
+DELAY_ENV = "LLAVA_TRAIN_STEP_DELAY_S"  # tests: sleep after each step, so an interruption lands mid-run
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every rank trains: the stage, its data order and its step budget."""
+
+    cfg: PipelineConfig
+    stage_name: Stage
+    prepared: str  # prepare output root (tokenizer/, <stage>/shards)
+    out: str  # stage output folder
+    init_connector: str | None  # connector.safetensors of the pretrain stage (finetune)
+    total_steps: int
+    num_rows: int
+    stop_at: int  # last optimizer step of this run (< total_steps for one segment of a longer run; see run.py)
+    stream: np.ndarray  # row number at each stream position (the epochs' orders back to back)
+    mlflow: MlflowTarget | None
+
+
+def total_steps(num_rows: int, global_batch: int, epochs: float, max_steps: int | None) -> int:
+    """ceil(epochs × N / global batch), capped by max_steps."""
+    steps = math.ceil(epochs * num_rows / global_batch)
+    return max(1, min(steps, max_steps) if max_steps else steps)
+
+
+def plan(
+    cfg: PipelineConfig, stage: Stage, *, prepared: str, out: str, init_connector: str | None = None,
+    mlflow: MlflowTarget | None = None, stop_at_step: int | None = None,
+) -> Job:
+    """The stage's step count and sample stream (length-grouped, seeded: identical wherever it is computed)."""
+    if stage not in ("pretrain", "finetune"):
+        raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
+    sc = getattr(cfg, stage)
+    lengths, has_image = grouping_inputs(prepared, stage)
+    steps = total_steps(len(lengths), sc.global_batch, sc.epochs, sc.max_steps)
+    if stop_at_step is not None and not 0 < stop_at_step <= steps:
+        raise ValueError(f"{stage}: stop_at_step {stop_at_step} is outside the run's steps 1..{steps}")
+    epochs_needed = math.ceil(steps * sc.global_batch / len(lengths))
+    stream = sample_stream(lengths, has_image, epochs=epochs_needed, batch_size=sc.per_device_batch,
+                           num_chunks=sc.num_workers * sc.gradient_accumulation, seed=sc.seed,
+                           group_by_modality=sc.group_by_modality_length)
+    return Job(cfg=cfg, stage_name=stage, prepared=prepared, out=out, init_connector=init_connector,
+               total_steps=steps, num_rows=len(lengths), stop_at=stop_at_step or steps, stream=stream,
+               mlflow=mlflow)
+
+
+def train(job: Job, rt: Runtime) -> dict[str, Any] | None:
+    """Run the job on this rank; rank 0 returns the summary (also written to `out`/summary.json).
+
+    Returns None on other ranks; raises StopRequested on every rank when the runtime says stop.
+    """
     import deepspeed
-    import ray.train
     from torch.optim.lr_scheduler import LambdaLR
 
     from components.models.assembly import build_model, num_image_tokens, vision_image_size
@@ -92,11 +132,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     from components.models.tokenizer import image_token_id, load_tokenizer
     from components.models.trainable import apply_lora, param_groups, parameter_counts, set_trainable
 
-    job: Job = config["job"]
     cfg, name = job.cfg, job.stage_name
     stage = getattr(cfg, name)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = rt.rank, rt.world
     batch, accum = stage.per_device_batch, stage.global_batch // (stage.per_device_batch * world)
     if batch * accum * world != stage.global_batch:
         raise ValueError(f"{name}: global_batch {stage.global_batch} is not per_device_batch {batch} × gradient "
@@ -133,7 +171,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         model=model, optimizer=optimizer,
         lr_scheduler=lambda opt: LambdaLR(opt, lambda s: lr_lambda(s, total, sched.warmup_ratio, sched.kind)),
         config=deepspeed_config(stage, world, llava.config.text_config.hidden_size))
-    meta = restore(engine, rank)
+    meta = restore(engine, rt, name)
     start = meta["step"] if meta else 0
     history: dict[str, Any] = meta or {"losses": [], "samples": 0, "tokens": 0, "restarts": -1,
                                        "resumed_from": []}
@@ -157,8 +195,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     positions = rank_positions(start, end, rank=rank, world=world, batch_size=batch, accumulation=accum)
     if len(positions) and positions.max() >= len(job.stream):
         raise RuntimeError(f"{name}: stream of {len(job.stream)} positions is too short for step {end}")
-    batches = iter(worker_batches(job.table_ref, job.stream[positions], batch_size=batch, mode=stage.image_mode,
-                                  size=size))
+    batches = rt.batches(job.stream[positions], batch_size=batch, mode=stage.image_mode, size=size)
     vc = llava.config.vision_config
     flops = FlopCounts(
         vision=sum(counts["vision_tower"].values()), connector_trained=counts["connector"]["trainable"],
@@ -175,8 +212,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     for step in range(start, end):
         t0 = time.perf_counter()
         lr = engine.get_lr()[0]  # the lr this step's update uses
-        # loss sum, tokens, samples, images
-        totals = torch.zeros(4, dtype=torch.float64, device=engine.device)
+        # loss sum, tokens, samples, images, stop requested (rank 0 asks the runtime; the sum tells every rank)
+        totals = torch.zeros(5, dtype=torch.float64, device=engine.device)
         for _ in range(accum):
             rows = next(batches)
             images = rows.column("image").to_pylist()
@@ -192,9 +229,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             totals[1] += sum(sample_length(row, spec) for row in ids)  # real tokens, either layout
             totals[2] += len(images)
             totals[3] += sum(1 for img in images if img)
+        totals[4] = float(rank == 0 and rt.should_stop())
         dist.all_reduce(totals)
         seconds = time.perf_counter() - t0
-        loss_mean, tokens, samples, n_images = totals.tolist()
+        loss_mean, tokens, samples, n_images, stop = totals.tolist()
+        if stop:  # the sweep's scheduler stopped this trial: every rank leaves together, writing nothing
+            raise StopRequested(f"{name}: told to stop at step {step + 1}")
         loss_mean /= accum * world
         done = step + 1
         if not math.isfinite(loss_mean):
@@ -216,15 +256,14 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         if step_delay:
             time.sleep(step_delay)
         if done == fault_step and meta is None and rank == (1 if world > 1 else 0):
-            registered = wait_until_registered()
+            registered = rt.wait_until_saved()
             print(f"[{name}] {FAULT_ENV}={fault_step}: rank {rank} exits after step {done} (checkpoint "
                   f"registered: {registered})", flush=True)
             os._exit(1)
         if (stage.checkpoint_every and done % stage.checkpoint_every == 0) or done == end:
-            state = {**history, "step": done, "position": done * stage.global_batch,
+            state = {**history, "stage": name, "step": done, "position": done * stage.global_batch,
                      "epoch": done * stage.global_batch / job.num_rows}
-            save_and_report(engine, state, {"step": done, **{k: v for k, v in metrics.items() if v is not None}},
-                            rank)
+            save(engine, state, {"step": done, **{k: v for k, v in metrics.items() if v is not None}}, rt)
 
     # ---- outputs (collectives first, then rank 0 writes)
     if os.environ.get(PROBE_ENV) and inputs is not None:
@@ -255,3 +294,40 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     write_summary(summary, job.out)
     return summary
 
+
+def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Ray Train's `train_loop_per_worker` (run.py): the job on this worker's runtime."""
+    return train(config["job"], RayRuntime(config["table_ref"], config.get("stop_file")))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Train one stage without Ray: one process, or every rank of `torchrun`. Rank 0 prints the summary."""
+    from components.core.config import load_config
+
+    p = argparse.ArgumentParser(prog="python -m components.train.recipe", description=main.__doc__)
+    p.add_argument("stage", choices=["pretrain", "finetune"])
+    p.add_argument("--config", default="tiny", help="a config name or file (as `llava-pipeline run`)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--prepared", required=True, help="the prepare stage's output folder")
+    p.add_argument("--out", required=True, help="the stage's output folder")
+    p.add_argument("--run-dir", help="checkpoint folder (default: <out>/checkpoints); a rerun resumes from it")
+    p.add_argument("--init-connector", help="finetune: the pretrain stage's connector.safetensors")
+    p.add_argument("--stop-at-step", type=int, help="end after this optimizer step (a segment of the run)")
+    args = p.parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg = load_config(args.config, [*args.set, f"{args.stage}.num_workers={world}"])  # the batch math's world
+    rt = LocalRuntime(args.prepared, args.stage, args.run_dir or storage.join(args.out, "checkpoints"),
+                      use_gpu=getattr(cfg, args.stage).use_gpu)
+    job = plan(cfg, args.stage, prepared=args.prepared, out=args.out, init_connector=args.init_connector,
+               stop_at_step=args.stop_at_step)
+    try:
+        summary = train(job, rt)
+    finally:
+        dist.destroy_process_group()
+    if summary is not None:
+        print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, default=str), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

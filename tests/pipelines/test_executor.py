@@ -181,3 +181,26 @@ def test_force_synth_reruns_the_world(tmp_path):
         assert results["synth"]["status"] == "ran", results["synth"].get("error")
     out = Path(plan[0].out)
     assert (out / "manifest.json").is_file() and (out / MANIFEST).is_file()
+
+
+def test_a_stage_reads_only_what_it_declares(tmp_path):
+    """The body gets a view of its declared keys: an undeclared read fails the stage, naming key and stage."""
+    cfg = load_config("tiny")
+    seen = {}
+
+    def reads_declared(ctx):
+        seen["lr"] = ctx.cfg.pretrain.optim.lr
+        Path(ctx.out).mkdir(parents=True, exist_ok=True)
+        return {}
+
+    def reads_undeclared(ctx):
+        return {"seed": ctx.cfg.seed}
+
+    stages = [Stage("a", (), ("pretrain.optim.lr",), reads_declared),
+              Stage("b", ("a",), ("finetune.optim.lr",), reads_undeclared)]
+    plan = make_plan(cfg, stages, str(tmp_path))
+    results = execute(cfg, plan, str(tmp_path))
+    assert results["a"]["status"] == "ran" and seen["lr"] == cfg.pretrain.optim.lr
+    assert results["b"]["status"] == "failed"
+    assert "UndeclaredConfigRead" in results["b"]["error"] and "`seed`" in results["b"]["error"]
+    assert "stage b" in results["b"]["error"]

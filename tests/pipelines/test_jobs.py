@@ -1,6 +1,7 @@
-"""`submit | status | logs | stop`: the job spec (fast), then a real local Ray cluster (e2e).
+"""`submit | status | logs | stop`: the job spec (fast), then a real two-node Ray cluster on this machine (e2e).
 
-The cluster is a `ray start --head --block` subprocess with its own temp dir and ports, so it never meets
+The cluster (tests/cluster/two_node.py) is a `ray start --head --block` subprocess with its own temp dir and
+ports plus a worker node in a private mount namespace (its own /tmp and home), so it never meets
 the session's `ray_local` (that one is started in-process with the default temp dir; `ray.init()` only
 auto-joins the cluster named in its own temp dir's `ray_current_cluster`). These tests never call
 `ray.init` themselves: they talk HTTP to the dashboard, as a user's laptop would.
@@ -8,20 +9,15 @@ auto-joins the cluster named in its own temp dir's `ray_current_cluster`). These
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -33,10 +29,6 @@ from pipelines.job_client import JobError, find_token
 from pipelines.jobs import PROJECT_ROOT, build_job_spec, resolve_tracking_uri
 from pipelines.tracking import ray_job_id
 
-# The tiny pipeline, made small: the micro synthetic world, two optimizer steps per stage, one benchmark on 8
-# questions.
-SMALL = ["data.synth.size=micro", "pretrain.max_steps=2", "finetune.max_steps=2", "evaluate.benchmarks=[gqa]",
-         "evaluate.limit=8", "evaluate.blank_image_check=[]", "evaluate.parity_sample=0", "export.enabled=false"]
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAJOBSPECKEYID0001", "AWS_SECRET_ACCESS_KEY": "jobspec-secret-9f3a7c1e",
            "AWS_SESSION_TOKEN": "jobspec-session-5d2b", "MLFLOW_TRACKING_PASSWORD": "jobspec-mlflow-pw-77"}
 
@@ -178,109 +170,18 @@ def test_missing_bucket_is_one_clear_line(clean_env, s3_server, tmp_path, capsys
     assert s3_server in err  # names the endpoint it asked
 
 
-# ---------------------------------------------------------------- a real local cluster (e2e)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cluster_processes(marker: str) -> list:
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(marker in part for part in proc.info["cmdline"] or []):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
-def _stop_cluster(proc: subprocess.Popen, temp_dir: str) -> None:
-    """SIGTERM `ray start --block` (it stops its children), then SIGKILL what is left of *this* cluster only
-    (its process group, processes naming its temp dir) — never `ray stop`, which kills every Ray on the host."""
-    import psutil
-
-    try:
-        proc.terminate()  # `ray start --block` drains the node and stops its daemons; signalling them too breaks that
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    leftovers = _cluster_processes(temp_dir)  # daemons that left the group still name our temp dir
-    for p in leftovers:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    psutil.wait_procs(leftovers, timeout=20)
-
-
-def _wait_until_ready(proc: subprocess.Popen, url: str, log: Path, token_file: Path, limit_s: float = 240) -> None:
-    """Until the dashboard answers and a first job runs (the job agent comes up after the dashboard)."""
-    from ray.job_submission import JobSubmissionClient
-
-    deadline = time.monotonic() + limit_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited: {log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the Ray head at {url} was not ready within {limit_s:.0f} s")
-        try:
-            urllib.request.urlopen(url + "/api/gcs_healthz", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    client = JobSubmissionClient(url, headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
-    while True:
-        try:
-            job = client.submit_job(entrypoint="true")
-            break
-        except (RuntimeError, OSError):  # "No available agent to submit job"; a busy head dropping connections
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-    while not client.get_job_status(job).is_terminal():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the warm-up job on {url} did not finish within {limit_s:.0f} s")
-        time.sleep(0.5)
-
-
-@dataclass(frozen=True)
-class Cluster:
-    url: str
-    token_file: Path  # where `ray start` keeps the token: ~/.ray/auth_token of the user who started it
+# ---------------------------------------------------------------- a real two-node cluster (e2e)
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A head node like a user's `ray start --head` (token auth on, the 2.60 default)."""
-    temp_dir = tempfile.mkdtemp(prefix="rjob", dir="/tmp")  # short: Ray's unix socket paths must fit 107 chars
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the entrypoint's `python`
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    dash = _free_port()
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--num-cpus", "4", "--block",
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--port", str(_free_port()),
-           # Another Ray on this host may hold the fixed default ports of these two.
-           "--dashboard-agent-listen-port", str(_free_port()), "--ray-client-server-port", str(_free_port()),
-           "--temp-dir", temp_dir]
-    token_file = Path(env.get("HOME", "~")).expanduser() / ".ray" / "auth_token"
-    log = open(Path(temp_dir) / "ray_start.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{dash}"
-    started = time.monotonic()
-    try:
-        _wait_until_ready(proc, url, Path(temp_dir) / "ray_start.log", token_file)
-        print(f"\n[ray_cluster] head up and taking jobs after {time.monotonic() - started:.1f} s at {url}")
-        yield Cluster(url, token_file)
-    finally:
-        _stop_cluster(proc, temp_dir)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+def ray_cluster(s3_server):
+    """A head like a user's `ray start --head` (token auth on, the 2.60 default; no CPUs: only the job's
+    entrypoint runs there) and a worker node that shares no /tmp or home with it (tests/cluster/two_node.py).
+    Started after the S3 server, so both nodes have the AWS environment, as a real cluster's nodes would."""
+    from tests.cluster.two_node import two_node_cluster
+
+    with two_node_cluster(worker_cpus=4) as cluster:
+        yield cluster
 
 
 def _submitted_id(out: str) -> str:
@@ -290,35 +191,84 @@ def _submitted_id(out: str) -> str:
 
 
 @pytest.mark.e2e
-def test_submit_wait_runs_the_tiny_pipeline(ray_cluster, tmp_path, capsys, monkeypatch):
-    url = ray_cluster.url
-    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "LLAVA_PIPELINE_JOB_ID"):
+def test_the_nodes_share_no_disk(ray_cluster):
+    """What the driver writes under /tmp is not there for a task, which runs on the other node."""
+    from pipelines.job_client import connect
+    from pipelines.jobs import wait_for
+
+    marker = f"/tmp/driver-only-{os.getpid()}-{time.time_ns()}"
+    code = "\n".join([
+        "import os, ray", "ray.init()", f"open({marker!r}, 'w').close()",
+        "def node(): return ray.get_runtime_context().get_node_id()",
+        f"seen, where = ray.get(ray.remote(num_cpus=1)(lambda: (os.path.exists({marker!r}), node())).remote())",
+        "print('task saw', seen, 'on another node', where != node())"])
+    client = connect(ray_cluster.url)
+    job_id = client.submit_job(entrypoint=f"python -c {shlex.quote(code)}")
+    assert wait_for(client, job_id, poll_s=0.5, timeout_s=300) == 0, client.get_job_logs(job_id)[-3000:]
+    assert "task saw False on another node True" in client.get_job_logs(job_id)
+    assert os.path.exists(marker)  # the driver (head) shares this machine's /tmp; the worker does not
+    os.unlink(marker)
+
+
+@pytest.mark.e2e
+def test_submit_wait_runs_the_pipeline_on_two_nodes(ray_cluster, mlflow_server, tmp_path, capsys, monkeypatch):
+    """`submit --wait` of the tiny pipeline, trained as the embedded default (the learning check), every
+    benchmark and export, to a cluster whose nodes share only the S3 storage root and the MLflow server.
+    A stage that handed a driver path to the worker fails here: its images would be missing there."""
+    import s3fs
+    from mlflow.tracking import MlflowClient
+
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "LLAVA_PIPELINE_JOB_ID"):
         monkeypatch.delenv(var, raising=False)
-    storage = tmp_path / "runs"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    bucket = f"two-node-{tmp_path.name.lower().replace('_', '-')}"[:60]
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir(bucket)
+    storage, experiment = f"s3://{bucket}/run", f"two-node-{tmp_path.name}"
     started = time.monotonic()
-    rc = main(["submit", "tiny", *_sets([*SMALL, f"storage={storage}"]), "--address", url,
-               "--wait", "--poll", "1", "--timeout", "1800"])
+    rc = main(["submit", "tiny", *_sets([f"storage={storage}", f"tracking.experiment={experiment}"]),
+               "--address", ray_cluster.url, "--wait", "--poll", "2", "--timeout", "1800"])
     wall = time.monotonic() - started
     out = capsys.readouterr().out
-    print(f"\n[submit --wait] tiny pipeline as a Ray job: {wall:.0f} s")
+    print(f"\n[two-node submit --wait] the tiny pipeline as a Ray job: {wall:.0f} s")
     job_id = _submitted_id(out)
     assert rc == 0, out[-5000:]
-    assert f"job {job_id} SUCCEEDED" in out
-    assert "evaluate.gqa" in out  # the job's own log, streamed
+    assert f"job {job_id} SUCCEEDED" in out and "evaluate.gqa" in out  # the job's own log, streamed
 
     # Ray's own CLI agrees (it needs RAY_AUTH_MODE=token to send the token; ours found it by itself).
     ray_cli = str(Path(sys.executable).parent / "ray")
-    status = subprocess.run([ray_cli, "job", "status", job_id, "--address", url], capture_output=True,
+    status = subprocess.run([ray_cli, "job", "status", job_id, "--address", ray_cluster.url], capture_output=True,
                             text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "token"})
     assert f"Job '{job_id}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
 
-    from mlflow.tracking import MlflowClient
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp.artifact_location == f"{storage}/mlartifacts"  # the client uploads straight to S3
+    (parent,) = client.search_runs([exp.experiment_id], f"tags.ray_job_id = '{job_id}'")
+    assert parent.info.status == "FINISHED" and parent.data.tags["pipeline"] == "tiny"
+    stages = {r.data.tags["stage"]: r for r in client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=100)}
+    assert {"synth", "prepare", "pretrain", "finetune", "export"} <= set(stages), sorted(stages)
+    assert all(r.info.status == "FINISHED" for r in stages.values()), {k: r.info.status for k, r in stages.items()}
+    gqa = stages["evaluate.gqa"].data.metrics
+    print(f"learning check: gqa {gqa['accuracy']} blank images {gqa['blank_images_accuracy']}")
+    assert gqa["accuracy"] >= 70.0 and gqa["blank_images_accuracy"] <= 35.0, gqa
 
-    client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
-    exp = client.get_experiment_by_name("llava-pipeline")
-    parents = client.search_runs([exp.experiment_id], f"tags.ray_job_id = '{job_id}'")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert parents[0].data.tags["pipeline"] == "tiny"
+    # Every question was asked: a generation actor on the worker opened every image (a driver path would
+    # leave them missing there, each rejected with a reason).
+    fs.invalidate_cache()
+    evaluated = [p for p in fs.find(f"{bucket}/run/artifacts") if p.endswith("/metrics.json") and "/evaluate." in p]
+    results = [json.loads(fs.cat(p)) for p in evaluated]
+    generated = [r for r in results if r.get("status") != "skipped"]
+    assert len(generated) >= 10, [p for p in evaluated]
+    assert all(r["n_rejected"] == 0 and r["n_missing"] == 0 for r in generated), [
+        (r["benchmark"], r["n_rejected"], r.get("rejected_by_reason")) for r in generated if r["n_rejected"]]
+    # Export's parity prompts came from the benchmark folders (with their images), not the fallback.
+    (parity,) = [json.loads(fs.cat(p)) for p in fs.find(f"{bucket}/run/artifacts") if p.endswith("/parity.json")]
+    assert parity["ok"] is True, parity
+    assert {it["source"] for it in parity["items"]} & {"gqa", "pope", "mme"}, parity["items"]
+    assert not any(it["source"].endswith(":answers") for it in parity["items"]), parity["items"]
+    assert fs.find(f"{bucket}/run/mlartifacts"), "no MLflow artifact reached S3"
 
 
 @pytest.mark.e2e

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,39 @@ from components.evaluate.judge import Judge, JudgeConfig, JudgeNotConfigured, ma
 SYNTHETIC_MARKER = "SYNTHETIC.txt"
 
 
+# More malformed question records than this (a fraction of the file's records) is a wrong file or a loader
+# bug, not a few bad records: the benchmark fails, naming the first ones, instead of scoring the remainder.
+MAX_REJECTED_FRACTION = 0.5
+
+
 class BenchmarkDataError(ValueError):
     """A benchmark file is missing or does not have the expected shape (message names file and record)."""
+
+
+Rejected = list[dict[str, Any]]  # {question_id, where (file:line), reason, message}
+
+
+class Questions(list["Question"]):
+    """A benchmark's questions in file order, and the records rejected while reading them (`rejected`:
+    each names its file:line and field; the evaluate stage writes them to rejected.jsonl)."""
+
+    def __init__(self, items: Sequence[Question] = (), rejected: Rejected | None = None) -> None:
+        super().__init__(items)
+        self.rejected: Rejected = rejected or []
+
+
+@contextmanager
+def one_record(rejected: Rejected, where: str, question_id: Any = None) -> Iterator[None]:
+    """Read one question record: a malformed record is rejected (with its reason), not the benchmark."""
+    try:
+        yield
+    except BenchmarkDataError as e:
+        reject(rejected, where, question_id, e)
+
+
+def reject(rejected: Rejected, where: str, question_id: Any, error: Exception) -> None:
+    qid = None if question_id is None or isinstance(question_id, dict | list) else str(question_id)
+    rejected.append({"question_id": qid, "where": where, "reason": "malformed_question", "message": str(error)})
 
 
 @dataclass(frozen=True)
@@ -65,7 +97,7 @@ class ScoreInput:
     judge: Judge | JudgeNotConfigured | None = None
 
 
-Loader = Callable[[BenchFiles, "Benchmark"], list[Question]]
+Loader = Callable[[BenchFiles, "Benchmark", Rejected], list[Question]]  # malformed records go to the list
 Scorer = Callable[[ScoreInput], dict[str, Any]]
 Uploader = Callable[[Sequence[Question], Mapping[str, str], Path], int]
 
@@ -124,12 +156,21 @@ class Benchmark:
             a = root / self.annotations if self.annotations else None
         return BenchFiles(root=root, questions=q, annotations=a)
 
-    def load_questions(self, root: str | Path, questions: str | Path | None = None) -> list[Question]:
-        """The benchmark's questions in file order. `root` is the benchmark folder."""
+    def load_questions(self, root: str | Path, questions: str | Path | None = None) -> Questions:
+        """The benchmark's questions in file order, malformed records in `.rejected` (more than
+        MAX_REJECTED_FRACTION of them fails the benchmark). `root` is the benchmark folder."""
         files = self.files(root, questions)
         if not files.questions.is_file():
             raise BenchmarkDataError(f"{self.name}: question file not found: {files.questions}")
-        return self.load(files, self)
+        rejected: Rejected = []
+        loaded = self.load(files, self, rejected)
+        total = len(loaded) + len(rejected)
+        if rejected and len(rejected) > MAX_REJECTED_FRACTION * total:
+            first = "; ".join(r["message"] for r in rejected[:3])
+            raise BenchmarkDataError(f"{self.name}: {len(rejected)} of {total} question records in "
+                                     f"{files.questions} are malformed (more than {MAX_REJECTED_FRACTION:.0%}); "
+                                     f"first: {first}")
+        return Questions(loaded, rejected)
 
     def score(
         self,
@@ -228,22 +269,32 @@ def read_json(path: Path) -> Any:
         raise BenchmarkDataError(f"{path}: not valid JSON ({e})") from None
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line."""
+def read_jsonl(path: Path, rejected: Rejected | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line, split on \n only (JSON allows U+2028 raw inside
+    strings; \r\n and a UTF-8 BOM are tolerated). A line that is not a JSON object is an error, or, given
+    `rejected`, that line's rejection."""
     if not path.is_file():
         raise BenchmarkDataError(f"file not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BenchmarkDataError(f"{path}: not UTF-8 text ({e})") from None
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkDataError(f"{path}:{lineno}: not valid JSON ({e})") from None
-            if not isinstance(obj, dict):
-                raise BenchmarkDataError(f"{path}:{lineno}: expected a JSON object")
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            problem = "" if isinstance(obj, dict) else "expected a JSON object"
+        except json.JSONDecodeError as e:
+            problem = f"not valid JSON ({e})"
+        if not problem:
             rows.append((lineno, obj))
+            continue
+        error = BenchmarkDataError(f"{path}:{lineno}: {problem}")
+        if rejected is None:
+            raise error
+        reject(rejected, f"{path}:{lineno}", None, error)
     return rows
 
 
@@ -275,35 +326,36 @@ def unique_ids(raw_ids: Sequence[int | str]) -> list[str]:
     return out
 
 
-def load_question_jsonl(files: BenchFiles, bench: Benchmark) -> list[Question]:
-    """LLaVA question JSONL ({question_id, image, text, category}); the suffix is already in `text`."""
-    rows = read_jsonl(files.questions)
-    ids = unique_ids([need(obj, "question_id", f"{files.questions}:{n}", (int, str)) for n, obj in rows])
+def load_question_jsonl(files: BenchFiles, bench: Benchmark, rejected: Rejected) -> list[Question]:
+    """LLaVA question JSONL ({question_id, image, text, category}); the suffix is already in `text`.
+    A malformed record is rejected with its file:line and field; the others are read."""
     suffix = bench.prompt_suffix.strip()
-    questions = []
-    for i, ((lineno, obj), qid) in enumerate(zip(rows, ids, strict=True)):
+    parsed = []
+    for lineno, obj in read_jsonl(files.questions, rejected):
         where = f"{files.questions}:{lineno}"
-        text = need(obj, "text", where)
-        if bench.suffix_in_file and suffix and not text.rstrip().endswith(suffix):
-            raise BenchmarkDataError(
-                f"{where}: text does not end with the {bench.name} prompt suffix {suffix!r}"
-            )
-        image = obj.get("image")
-        if image is not None and not isinstance(image, str):
-            raise BenchmarkDataError(f"{where}: field 'image' should be a file name, got {image!r}")
-        category = obj.get("category")
-        questions.append(
-            Question(
-                question_id=qid,
-                prompt=text,
-                index=i,
-                image=f"{bench.images}/{image}" if image and bench.images else image,
-                category=str(category) if category is not None else None,
-                source_id=obj["question_id"],
-                meta={"image_file": image},
-            )
+        with one_record(rejected, where, obj.get("question_id")):
+            raw_id = need(obj, "question_id", where, (int, str))
+            text = need(obj, "text", where)
+            if bench.suffix_in_file and suffix and not text.rstrip().endswith(suffix):
+                raise BenchmarkDataError(f"{where}: text does not end with the {bench.name} prompt suffix {suffix!r}")
+            image = obj.get("image")
+            if image is not None and not isinstance(image, str):
+                raise BenchmarkDataError(f"{where}: field 'image' should be a file name, got {image!r}")
+            category = obj.get("category")
+            parsed.append((raw_id, text, image, category))
+    ids = unique_ids([raw_id for raw_id, *_ in parsed])
+    return [
+        Question(
+            question_id=qid,
+            prompt=text,
+            index=i,
+            image=f"{bench.images}/{image}" if image and bench.images else image,
+            category=str(category) if category is not None else None,
+            source_id=raw_id,
+            meta={"image_file": image},
         )
-    return questions
+        for i, (qid, (raw_id, text, image, category)) in enumerate(zip(ids, parsed, strict=True))
+    ]
 
 
 def skipped(reason: str) -> dict[str, Any]:

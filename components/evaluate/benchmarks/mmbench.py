@@ -22,7 +22,9 @@ from components.evaluate.benchmarks.base import (
     Benchmark,
     BenchmarkDataError,
     Question,
+    Rejected,
     ScoreInput,
+    one_record,
     pct,
     skipped,
 )
@@ -73,57 +75,65 @@ def _image_bytes(rows_by_index: Mapping[int, dict[str, str]], row: dict[str, str
         raise BenchmarkDataError(f"{where}: column 'image' is not base64 image data") from None
 
 
-def load_mmbench(files: BenchFiles, bench: Benchmark) -> list[Question]:
+def load_mmbench(files: BenchFiles, bench: Benchmark, rejected: Rejected) -> list[Question]:
     header, rows = read_tsv(files.questions)
     by_index: dict[int, dict[str, str]] = {}
+    indexed: list[tuple[int, int, dict[str, str]]] = []  # (line, index, row) of the rows with a usable index
     for lineno, row in enumerate(rows, 2):
-        try:
-            by_index[int(row["index"])] = row
-        except (TypeError, ValueError):
-            raise BenchmarkDataError(
-                f"{files.questions}:{lineno}: index {row['index']!r} is not an integer"
-            ) from None
-    if len(by_index) != len(rows):
-        raise BenchmarkDataError(f"{files.questions}: index values repeat")
+        where = f"{files.questions}:{lineno}"
+        with one_record(rejected, where, row.get("index")):
+            try:
+                index = int(row["index"])
+            except (TypeError, ValueError):
+                raise BenchmarkDataError(f"{where}: index {row['index']!r} is not an integer") from None
+            if index in by_index:
+                raise BenchmarkDataError(f"{where}: index {index} repeats an earlier row's")
+            by_index[index] = row
+            indexed.append((lineno, index, row))
     has_answers = "answer" in header
     questions = []
-    for i, row in enumerate(rows):
-        where = f"{files.questions}:{i + 2} (index {row['index']})"
-        options: dict[str, str] = {}
-        for letter in LETTERS:
-            value = row.get(letter)
-            if _absent(value):
-                break
-            options[letter] = value
-        if len(options) < 2:
-            raise BenchmarkDataError(f"{where}: needs at least options A and B")
-        question = row["question"]
-        if not _absent(row.get("hint")):
-            question = row["hint"] + "\n" + question
-        for letter, text in options.items():
-            question += f"\n{letter}. {text}"
-        answer = row.get("answer") if has_answers and not _absent(row.get("answer")) else None
-        if answer is not None and answer.strip() not in options:
-            raise BenchmarkDataError(f"{where}: answer {answer!r} is not one of the options {list(options)}")
-        index = int(row["index"])
-        questions.append(
-            Question(
-                question_id=str(index),
-                source_id=index,
-                index=i,
-                prompt=question + bench.prompt_suffix,
-                image=_image_bytes(by_index, row, where),
-                category=row.get("category"),
-                meta={
-                    "options": options,
-                    "answer": answer.strip() if answer else None,
-                    "l2_category": row.get("l2-category"),
-                    "columns": header,
-                    "row": {k: v for k, v in row.items() if k != "image"},
-                },
-            )
-        )
+    for lineno, index, row in indexed:
+        where = f"{files.questions}:{lineno} (index {row['index']})"
+        with one_record(rejected, where, index):
+            questions.append(_question(row, index, len(questions), header, has_answers, by_index, bench, where))
     return questions
+
+
+def _question(row: dict[str, str], index: int, i: int, header: list[str], has_answers: bool,
+              by_index: Mapping[int, dict[str, str]], bench: Benchmark, where: str) -> Question:
+    options: dict[str, str] = {}
+    for letter in LETTERS:
+        value = row.get(letter)
+        if _absent(value):
+            break
+        options[letter] = value
+    if len(options) < 2:
+        raise BenchmarkDataError(f"{where}: needs at least options A and B")
+    question = row.get("question")
+    if question is None or row.get("image") is None:  # a short row: csv gives None for the missing columns
+        raise BenchmarkDataError(f"{where}: the row has fewer columns than the header")
+    if not _absent(row.get("hint")):
+        question = row["hint"] + "\n" + question
+    for letter, text in options.items():
+        question += f"\n{letter}. {text}"
+    answer = row.get("answer") if has_answers and not _absent(row.get("answer")) else None
+    if answer is not None and answer.strip() not in options:
+        raise BenchmarkDataError(f"{where}: answer {answer!r} is not one of the options {list(options)}")
+    return Question(
+        question_id=str(index),
+        source_id=index,
+        index=i,
+        prompt=question + bench.prompt_suffix,
+        image=_image_bytes(by_index, row, where),
+        category=row.get("category"),
+        meta={
+            "options": options,
+            "answer": answer.strip() if answer else None,
+            "l2_category": row.get("l2-category"),
+            "columns": header,
+            "row": {k: v for k, v in row.items() if k != "image"},
+        },
+    )
 
 
 def score_mmbench(inp: ScoreInput) -> dict[str, Any]:

@@ -13,9 +13,11 @@ from components.evaluate.benchmarks.base import (
     Benchmark,
     BenchmarkDataError,
     Question,
+    Rejected,
     ScoreInput,
     need,
     not_asked_note,
+    one_record,
     pct,
     read_json,
     unique_ids,
@@ -25,30 +27,36 @@ from components.evaluate.metrics import SQA_OPTIONS, parse_sqa_letter, sqa_choic
 MC_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
 
 
-def load_sqa(files: BenchFiles, bench: Benchmark) -> list[Question]:
+def load_sqa(files: BenchFiles, bench: Benchmark, rejected: Rejected) -> list[Question]:
     items = read_json(files.questions)
     if not isinstance(items, list):
         raise BenchmarkDataError(f"{files.questions}: expected a JSON list of conversations")
-    ids = unique_ids([need(it, "id", f"{files.questions}: [{i}]", (int, str)) for i, it in enumerate(items)])
-    questions = []
-    for i, (item, qid) in enumerate(zip(items, ids, strict=True)):
-        where = f"{files.questions}: [{i}] (id {item['id']})"
-        conv = need(item, "conversations", where, list)
-        if not conv or not isinstance(conv[0], dict):
-            raise BenchmarkDataError(f"{where}: 'conversations' should start with the human turn")
-        text = need(conv[0], "value", f"{where} conversations[0]")
-        image = item.get("image")
-        questions.append(
-            Question(
-                question_id=qid,
-                index=i,
-                source_id=item["id"],
-                prompt=text.replace("<image>", "").strip() + bench.prompt_suffix,
-                image=f"{bench.images}/{image}" if image else None,
-                meta={"image_file": image},
-            )
+    parsed = []
+    for i, item in enumerate(items):
+        where = f"{files.questions}: [{i}]"
+        with one_record(rejected, where, item.get("id") if isinstance(item, dict) else None):
+            raw_id = need(item, "id", where, (int, str))
+            where = f"{where} (id {raw_id})"
+            conv = need(item, "conversations", where, list)
+            if not conv or not isinstance(conv[0], dict):
+                raise BenchmarkDataError(f"{where}: 'conversations' should start with the human turn")
+            text = need(conv[0], "value", f"{where} conversations[0]")
+            image = item.get("image")
+            if image is not None and not isinstance(image, str):
+                raise BenchmarkDataError(f"{where}: field 'image' should be a file name, got {image!r}")
+            parsed.append((raw_id, text, image))
+    ids = unique_ids([raw_id for raw_id, _, _ in parsed])
+    return [
+        Question(
+            question_id=qid,
+            index=i,
+            source_id=raw_id,
+            prompt=text.replace("<image>", "").strip() + bench.prompt_suffix,
+            image=f"{bench.images}/{image}" if image else None,
+            meta={"image_file": image},
         )
-    return questions
+        for i, (qid, (raw_id, text, image)) in enumerate(zip(ids, parsed, strict=True))
+    ]
 
 
 def score_sqa(inp: ScoreInput) -> dict[str, Any]:

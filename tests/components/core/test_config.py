@@ -1,6 +1,13 @@
 import pytest
 
-from components.core.config import CONFIG_DIR, ConfigError, load_config, load_raw, validate
+from components.core.config import (
+    CONFIG_DIR,
+    ConfigError,
+    deepspeed_config_path,
+    load_config,
+    load_raw,
+    validate,
+)
 
 # The reference recipe (haotian-liu/LLaVA scripts/v1_5/*.sh, llava15.md §1.2), field by field.
 PRETRAIN = {
@@ -29,8 +36,8 @@ def test_paper_recipes_equal_the_reference(name, llm):
     assert cfg.model.llm.name_or_path == llm
     for stage, expected in ((cfg.pretrain, PRETRAIN), (cfg.finetune, FINETUNE)):
         for key, value in expected.items():
-            if key == "deepspeed":  # the packaged file, made absolute at load
-                value = str(CONFIG_DIR / value)
+            if key == "deepspeed":  # the packaged file, kept as its name: found in each node's own copy
+                assert deepspeed_config_path(stage) == (CONFIG_DIR / value).resolve()
             assert getattr(stage, key) == value, (name, key)
         assert stage.schedule.kind == "cosine"
         assert stage.schedule.warmup_ratio == 0.03

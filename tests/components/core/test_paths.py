@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from components.core.config import CONFIG_DIR, ConfigError, load_config, resolve_path
+from components.core.config import CONFIG_DIR, ConfigError, deepspeed_config_path, load_config, resolve_path
 from components.core.paths import absolute
 
 
@@ -22,8 +22,10 @@ def test_relative_paths_become_absolute_against_the_working_directory(tmp_path, 
     assert cfg.sweep.dev.root == str(tmp_path.parent / "dev")
     assert cfg.model.tokenizer.name_or_path == f"{tmp_path}/ckpt"
     assert cfg.tracking.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
-    # Not a local file: the packaged one, by the same lookup as config names.
-    assert cfg.pretrain.deepspeed == str(CONFIG_DIR / "deepspeed" / "zero3.json")
+    # Not a local file: the packaged one, by the same lookup as config names, kept as its name (each node
+    # finds it in its own copy of the code) and found here at use.
+    assert cfg.pretrain.deepspeed == "deepspeed/zero3.json"
+    assert deepspeed_config_path(cfg.pretrain) == (CONFIG_DIR / "deepspeed" / "zero3.json").resolve()
     # {synth} paths are filled from the synth stage's (absolute) output; URLs and Hub names stay.
     assert cfg.data.finetune[0].annotations == "{synth}/finetune/mix.json"
     remote = load_config("tiny", ["storage=s3://bucket/p", "model.llm.random_init=null",

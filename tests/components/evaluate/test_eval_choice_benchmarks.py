@@ -4,6 +4,7 @@ import base64
 import csv
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -452,12 +453,15 @@ def test_mmbench_test_split_is_server_only_and_upload_has_prediction_column(tmp_
     assert len(rows) == 5
 
 
-def test_mmbench_bad_answer_letter_is_named(tmp_path: Path) -> None:
+def test_mmbench_bad_answer_letter_rejects_that_row_by_name(tmp_path: Path) -> None:
     root = make_mmbench(tmp_path / "mmbench")
     path = root / "mmbench_dev_20230712.tsv"
     path.write_text(path.read_text().replace("\tA\tanimal", "\tD\tanimal", 1))
-    with pytest.raises(BenchmarkDataError, match=r"index 1\): answer 'D' is not one of"):
-        get_benchmark("mmbench").load_questions(root)
+    qs = get_benchmark("mmbench").load_questions(root)
+    (bad,) = qs.rejected
+    assert bad["reason"] == "malformed_question" and bad["question_id"] == "1"
+    assert re.search(r"index 1\): answer 'D' is not one of", bad["message"])
+    assert "1" not in {q.question_id for q in qs} and len(qs) == 4
 
 
 # ---------------------------------------------------------------- SEED

@@ -110,17 +110,18 @@ def test_mlflow_metric_names_are_flat_and_legal():
 def test_feed_rows_group_modalities_and_locate_images(tmp_path: Path):
     pope, mmb = get_benchmark("pope"), get_benchmark("mmbench")
     jobs = [
-        _Job(pope, tmp_path / "pope", tmp_path, [q(0, prompt="a long question?"), q(1, prompt="short?")], 128,
-             parity_ids={"1"}),
-        _Job(mmb, tmp_path / "mmb", tmp_path, [q(0, image=b"png", prompt="x?"), q(1, image=None, prompt="t")],
-             1024),
+        _Job(pope, tmp_path / "pope", "s3://evals/root/POPE", tmp_path,
+             [q(0, prompt="a long question?"), q(1, prompt="short?")], 128, parity_ids={"1"}),
+        _Job(mmb, tmp_path / "mmb", str(tmp_path / "mmb"), tmp_path,
+             [q(0, image=b"png", prompt="x?"), q(1, image=None, prompt="t")], 1024),
     ]
     rows = _question_rows(jobs)
     assert [r["feed"] for r in rows] == [0, 1, 2, 3]
     assert [(r["bench"], r["question_id"]) for r in rows] == [
         ("pope", "1"), ("pope", "0"), ("mmbench", "0"), ("mmbench", "1")]  # images first, then by length
-    # The name as the question file gives it, and the folder it must stay under (the actor reads it there).
-    assert rows[0]["image_path"] == "images/a.jpg" and rows[0]["image_root"] == str(tmp_path / "pope")
+    # The name as the question file gives it, and the folder it must stay under (the actor reads it there):
+    # the folder as the eval root names it, not this node's copy of its question files.
+    assert rows[0]["image_path"] == "images/a.jpg" and rows[0]["image_root"] == "s3://evals/root/POPE"
     assert rows[0]["image_bytes"] is None
     assert rows[2]["image_bytes"] == b"png" and rows[2]["image_path"] is None
     assert rows[3]["image_path"] is None and rows[3]["image_bytes"] is None

@@ -58,13 +58,15 @@ def test_hostile_questions_are_rejected_each_with_its_reason(tokenizer, tmp_path
     Image.new("RGB", (77, 33), (1, 2, 3)).save(sentinel)
     folder = eval_root / "gqa"
     cases = hostile(folder, sentinel)
-    lines = (folder / QUESTIONS).read_text().splitlines()[:20]
+    lines = (folder / QUESTIONS).read_text().splitlines()[:40]
     rows = [json.loads(x) for x in lines]
     expected = {}
     for row, (field, value, reason) in zip(rows, cases.values(), strict=False):
         row[field] = value
         expected[str(row["question_id"])] = reason
-    (folder / QUESTIONS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    malformed = ['{"question_id": 900, "text": ', json.dumps({"question_id": True, "text": "x"}),
+                 json.dumps({"question_id": 901, "image": rows[-1]["image"]})]  # bad JSON, id true, no text
+    (folder / QUESTIONS).write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n".join(malformed) + "\n")
     model = tmp_path / "model"
     build_model(CFG, tokenizer, seed=1).save_pretrained(model)
     tokenizer.save_pretrained(model)
@@ -73,10 +75,37 @@ def test_hostile_questions_are_rejected_each_with_its_reason(tokenizer, tmp_path
                       max_new_tokens=4, in_process=True)
 
     assert r["status"] == "ok" and r["n_questions"] == len(rows)
-    assert r["n_rejected"] == len(cases) and r["n_missing"] == len(cases)  # kept + rejected = total
+    # kept + rejected = every record of the file
+    assert r["n_rejected"] == len(cases) + len(malformed) and r["n_missing"] == len(cases)
     rejected = [json.loads(x) for x in (tmp_path / "out" / "gqa" / "rejected.jsonl").read_text().splitlines()]
-    assert {x["question_id"]: x["reason"] for x in rejected} == expected
-    assert all(x["message"].startswith(f"question {x['question_id']}: ") for x in rejected)
+    unread = [x for x in rejected if x["reason"] == "malformed_question"]
+    asked = [x for x in rejected if x["reason"] != "malformed_question"]
+    assert {x["question_id"]: x["reason"] for x in asked} == expected
+    assert all(x["message"].startswith(f"question {x['question_id']}: ") for x in asked)
+    assert [x["where"].rsplit(":", 1)[1] for x in unread] == ["41", "42", "43"]
+    assert [m for x in unread for m in ("not valid JSON", "'question_id' should be", "missing field 'text'")
+            if m in x["message"]] == ["not valid JSON", "'question_id' should be", "missing field 'text'"]
+    assert r["rejected_by_reason"]["malformed_question"] == len(malformed)
     assert r["rejected_by_reason"]["image_outside_root"] == 2
     answers = [json.loads(x) for x in (tmp_path / "out" / "gqa" / "answers.jsonl").read_text().splitlines()]
     assert sum(1 for a in answers if a["text"]) == len(rows) - len(cases)
+
+
+def test_a_benchmark_with_most_questions_rejected_fails_loudly(tokenizer, tmp_path):
+    """Images out of every actor's reach (say, a driver-local path on another node) is a failure, not a 0."""
+    import pytest
+
+    from components.evaluate.benchmarks import BenchmarkDataError
+
+    world = tmp_path / "synth"
+    write_eval_sets(Writer(world), 0, 1.0, sorted(COLORS))
+    eval_root = tmp_path / "eval"
+    shutil.copytree(world / "eval" / "gqa", eval_root / "gqa")
+    shutil.rmtree(eval_root / "gqa" / "images")
+    model = tmp_path / "model"
+    build_model(CFG, tokenizer, seed=1).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    with pytest.raises(BenchmarkDataError, match=r"gqa: (\d+) of \1 questions were rejected .*missing_image"):
+        run_benchmarks(["gqa"], model_dir=model, eval_root=eval_root, out_dir=tmp_path / "out", batch_size=4,
+                       max_new_tokens=4, limit=8, in_process=True)
+    assert len((tmp_path / "out" / "gqa" / "rejected.jsonl").read_text().splitlines()) == 8

@@ -1,5 +1,6 @@
-"""The sweep stage end to end on a local Ray: Ray Tune over 2 connectors × 2 resolutions (4 trials), each a
-proxy pretrain + a finetune in 2 segments of one Ray Train run with a dev evaluation after each, ASHA stopping.
+"""The sweep stage end to end on a local Ray: Ray Tune over 2 connectors × 2 resolutions (4 trials), each one
+Ray Train run (a proxy pretrain, then a finetune in 2 segments with a dev evaluation after each), ASHA stopping
+a run mid-way without leaving its placement group behind (this Ray has no dashboard, so no cleaner would).
 
 One sweep (module fixture) serves every test: it runs through the pipeline (prepare → sweep) on a subset of the
 tiny synthetic world, with `auto` connector and resolution, against a real MLflow server. Budgets are tiny: these
@@ -94,6 +95,7 @@ def test_sweep_runs_every_trial_and_writes_its_report(swept):
 
 
 def test_asha_stopped_a_trial_early(swept):
+    import ray
     from ray.tune import ExperimentAnalysis
 
     _, _, out, _, best = swept
@@ -103,6 +105,8 @@ def test_asha_stopped_a_trial_early(swept):
     assert len(iterations) == 4 and all(1 <= n <= 2 for n in iterations.values())
     stopped = [k for k, n in iterations.items() if n < 2]
     assert stopped, iterations
+    live = [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+    assert not live, live  # every trial's Train run ended itself, the stopped ones included
     assert sum(n == 2 for n in iterations.values()) >= 1
     assert out["stages"]["sweep"]["metrics"]["stopped_early"] == len(stopped) == best["counts"]["stopped_early"]
     by_key = {(t["connector"], t["resolution"]["image_size"]): t for t in best["trials"]}
@@ -145,11 +149,10 @@ def test_trials_are_nested_mlflow_runs_with_the_report(swept, mlflow_server):
 
 def _plan(overrides):
     from pipelines.artifacts import storage_root
-    from pipelines.executor import make_plan
-    from pipelines.llava15 import build_stages
+    from pipelines.plan import plan_pipeline
 
     cfg = load_config("tiny_sweep", overrides)
-    return {p.stage.name: p for p in make_plan(cfg, build_stages(cfg), storage_root(cfg))}
+    return {p.stage.name: p for p in plan_pipeline(cfg, storage_root(cfg)).planned}
 
 
 def test_auto_takes_the_best_trial_and_downstream_fingerprints_follow(swept):

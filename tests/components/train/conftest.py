@@ -1,6 +1,9 @@
-"""A tiny random-init LLaVA in float64 and prepared rows for it: exact comparisons of training computations."""
+"""A tiny random-init LLaVA in float64 and prepared rows for it: exact comparisons of training computations.
+`world`: a prepared subset of the tiny synthetic world, for the tests that train end to end."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -60,3 +63,38 @@ def rows_for(tokenizer, seed: int = 0, text_only: bool = False):
 def make_rows(tokenizer):
     """make_rows(seed=0, text_only=False) -> (ids, labels, pixels) as the prepare stage stores them."""
     return lambda seed=0, text_only=False: rows_for(tokenizer, seed, text_only)
+
+
+PRETRAIN_ROWS, FINETUNE_ROWS = 480, 640
+
+
+def _subset(src, dst, n):
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text(json.dumps(json.loads(src.read_text())[:n]))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, ray_local):
+    """(root, config overrides): a prepared subset of the tiny world (root/"prep"), shared by the session."""
+    from components.core.config import load_config
+    from components.prepare.run import run_prepare
+    from components.synth.world import generate_world
+
+    root = tmp_path_factory.mktemp("train")
+    synth = root / "synth"
+    generate_world(str(synth), seed=0, size="tiny")
+    pre = _subset(synth / "pretrain" / "captions.json", root / "ann" / "captions.json", PRETRAIN_ROWS)
+    fin = _subset(synth / "finetune" / "mix.json", root / "ann" / "mix.json", FINETUNE_ROWS)
+    overrides = [
+        f"data.pretrain=[{{annotations: {pre}, image_root: {synth / 'images'}, name: captions}}]",
+        f"data.finetune=[{{annotations: {fin}, image_root: {synth / 'images'}, name: mix}}]",
+        "pretrain.max_steps=14", "pretrain.optim.lr=5e-3",
+        "pretrain.packing=on",  # the padding-free layout through the recipe (finetune keeps the padded one)
+        "finetune.max_steps=8", "finetune.checkpoint_every=2",
+        # data-parallel ZeRO-3, as the paper's finetune (tiny.yaml itself finetunes on one ZeRO-2 worker)
+        "finetune.deepspeed=deepspeed/zero3.json", "finetune.num_workers=2", "finetune.cpus_per_worker=0.5",
+        "finetune.global_batch=32", "finetune.threads_per_worker=null",
+    ]
+    run_prepare(load_config("tiny", overrides), str(root / "prep"), str(synth))
+    return root, overrides

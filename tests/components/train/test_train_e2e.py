@@ -1,7 +1,7 @@
 """Pretrain and finetune end to end on a local Ray: 2 DeepSpeed workers (ZeRO-2, ZeRO-3) on gloo, tiny model.
 
-One prepared dataset (a subset of the tiny synthetic world) serves the module. Covered: the loss falls, frozen
-parts stay bit-identical, a killed worker resumes from the last checkpoint (visible in the summary and in
+One prepared dataset (`world` in conftest.py: a subset of the tiny synthetic world) serves the module. Covered:
+the loss falls, frozen parts stay bit-identical, a killed worker resumes from the last checkpoint (visible in the summary and in
 MLflow), the ZeRO-3 export reproduces the in-training logits under plain `from_pretrained`, and a LoRA
 finetune merges into a loadable model (its run storage and output on S3).
 """
@@ -15,40 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.e2e
-
-PRETRAIN_ROWS, FINETUNE_ROWS = 480, 640
-
-
-def _subset(src, dst, n):
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text(json.dumps(json.loads(src.read_text())[:n]))
-    return dst
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, ray_local):
-    """(root, config overrides): a prepared subset of the tiny world, shared by every test here."""
-    from components.core.config import load_config
-    from components.prepare.run import run_prepare
-    from components.synth.world import generate_world
-
-    root = tmp_path_factory.mktemp("train")
-    synth = root / "synth"
-    generate_world(str(synth), seed=0, size="tiny")
-    pre = _subset(synth / "pretrain" / "captions.json", root / "ann" / "captions.json", PRETRAIN_ROWS)
-    fin = _subset(synth / "finetune" / "mix.json", root / "ann" / "mix.json", FINETUNE_ROWS)
-    overrides = [
-        f"data.pretrain=[{{annotations: {pre}, image_root: {synth / 'images'}, name: captions}}]",
-        f"data.finetune=[{{annotations: {fin}, image_root: {synth / 'images'}, name: mix}}]",
-        "pretrain.max_steps=14", "pretrain.optim.lr=5e-3",
-        "pretrain.packing=on",  # the padding-free layout through the recipe (finetune keeps the padded one)
-        "finetune.max_steps=8", "finetune.checkpoint_every=2",
-        # data-parallel ZeRO-3, as the paper's finetune (tiny.yaml itself finetunes on one ZeRO-2 worker)
-        "finetune.deepspeed=deepspeed/zero3.json", "finetune.num_workers=2", "finetune.cpus_per_worker=0.5",
-        "finetune.global_batch=32", "finetune.threads_per_worker=null",
-    ]
-    run_prepare(load_config("tiny", overrides), str(root / "prep"), str(synth))
-    return root, overrides
 
 
 def _tokenizer(root):

@@ -1,7 +1,7 @@
-"""`auto` in the executor: stages that wait for a sweep-like stage are fingerprinted with the values it chose.
+"""`auto` resolved in a pre-pass: the stages after the sweep are planned with the values it chose.
 
-A fake DAG (no Ray): `sweep` writes best.json naming a connector; `train` (after sweep) and `evaluate`
-(downstream of train) record the config they ran with. The real resolver reads best.json.
+A fake DAG (no Ray): `sweep` writes best.json naming a connector; `train` and `evaluate` (downstream of
+train) record the config they ran with. The real resolver reads best.json; the executor stays a plain DAG.
 """
 
 import json
@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from components.core.config import load_config
-from pipelines.executor import MANIFEST, PENDING, PipelineError, Stage, execute, make_plan
-from pipelines.llava15 import build_stages, resolve_from_sweep
+from pipelines.executor import MANIFEST, PipelineError, Stage
+from pipelines.llava15 import build_stages
+from pipelines.plan import PENDING, plan_pipeline, run_plan
 
 BEST = {"connector": "linear"}
 CALLS: list[tuple[str, str]] = []
@@ -25,9 +26,9 @@ def sweep_body(ctx):
     return {"trials": 6}
 
 
-def recorder(name):
+def recorder(name, read=lambda cfg: cfg.model.connector):
     def run(ctx):
-        CALLS.append((name, ctx.cfg.model.connector))
+        CALLS.append((name, read(ctx.cfg)))
         Path(ctx.out).mkdir(parents=True, exist_ok=True)
         (Path(ctx.out) / "used.json").write_text(json.dumps({"connector": ctx.cfg.model.connector,
                                                              "image_size": ctx.cfg.model.vision.image_size}))
@@ -35,19 +36,33 @@ def recorder(name):
     return run
 
 
-def dag():
+SWEEP = sweep_body
+
+
+def prepare_body(ctx):
+    CALLS.append(("prepare", ctx.cfg.model.vision.image_size))
+    Path(ctx.out).mkdir(parents=True, exist_ok=True)
+    return {}
+
+
+def dag(cfg=None):
     return [
-        Stage("prepare", (), (), recorder("prepare")),
-        Stage("sweep", ("prepare",), ("sweep.space",), sweep_body, resolves=resolve_from_sweep),
-        Stage("train", ("prepare",), ("model",), recorder("train"), after=("sweep",)),
-        Stage("evaluate", ("train",), (), recorder("evaluate")),
+        Stage("prepare", (), ("model.vision",), prepare_body),
+        Stage("sweep", ("prepare",), ("sweep.space",), SWEEP),
+        Stage("train", ("prepare",), ("model",), recorder("train")),
+        Stage("evaluate", ("train",), ("model",), recorder("evaluate")),
     ]
 
 
-def run(cfg, root, **kw):
+def plan_of(cfg, root, **kw):
+    return plan_pipeline(cfg, str(root), build=dag, **kw)
+
+
+def run(cfg, root, tracker=None, **kw):
     CALLS.clear()
-    plan = make_plan(cfg, dag(), str(root), **kw)
-    return plan, execute(cfg, plan, str(root), None)
+    pipeline = plan_of(cfg, root, **kw)
+    results = run_plan(pipeline, tracker)
+    return pipeline.planned, results  # the tail as planned once the sweep had run
 
 
 @pytest.fixture
@@ -57,11 +72,13 @@ def cfg():
 
 
 def test_plan_before_the_sweep_has_run_is_pending(cfg, tmp_path):
-    plan = {p.stage.name: p for p in make_plan(cfg, dag(), str(tmp_path))}
+    pipeline = plan_of(cfg, tmp_path)
+    assert [p.stage.name for p in pipeline.head] == ["prepare", "sweep"]
+    plan = {p.stage.name: p for p in pipeline.planned}
     assert plan["sweep"].action == "run" and plan["sweep"].fingerprint != PENDING
     assert plan["train"].fingerprint == PENDING and plan["train"].action == "run"
-    assert plan["train"].why == ["config takes values from sweep's output: fingerprint known once it has run"]
-    assert plan["evaluate"].fingerprint == PENDING and plan["evaluate"].why == ["upstream train pending"]
+    why = ["model.connector, model.vision.image_size auto: fingerprint known once the sweep has run"]
+    assert plan["train"].why == why and plan["evaluate"].fingerprint == PENDING
 
 
 def test_auto_is_resolved_before_the_waiting_stages_run_and_then_cached(cfg, tmp_path):
@@ -94,38 +111,38 @@ def test_a_different_best_changes_the_waiting_fingerprints(cfg, tmp_path):
     assert second["train"]["why"] == ["model.connector changed ('linear' → 'mlp3x_gelu')"]
     # the same value written into the config: the same fingerprint (and a cache hit)
     fixed = load_config("tiny_sweep", ["model.connector=mlp3x_gelu"])
-    plan = {p.stage.name: p for p in make_plan(fixed, dag(), str(tmp_path))}
+    plan = {p.stage.name: p for p in plan_of(fixed, tmp_path).planned}
     assert plan["train"].fingerprint == second["train"]["fingerprint"] and plan["train"].action == "cached"
 
 
 def test_only_downstream_without_the_sweep_output_fails_clearly(cfg, tmp_path):
     run(cfg, tmp_path, only=["prepare"])
-    with pytest.raises(PipelineError, match="stage train needs the output of sweep"):
-        make_plan(cfg, dag(), str(tmp_path), only=["train"])
+    with pytest.raises(PipelineError, match="auto: it takes the sweep's best value, but the sweep's output"):
+        plan_of(cfg, tmp_path, only=["train"])
 
 
 def test_force_and_from_the_sweep_cover_the_stages_waiting_for_it(cfg, tmp_path):
     run(cfg, tmp_path)
-    plan = {p.stage.name: p for p in make_plan(cfg, dag(), str(tmp_path), force=["sweep"])}
+    plan = {p.stage.name: p for p in plan_of(cfg, tmp_path, force=["sweep"]).planned}
     assert plan["prepare"].action == "cached" and plan["sweep"].action == "run"
-    assert plan["train"].fingerprint == PENDING and plan["train"].forced
+    assert plan["train"].fingerprint == PENDING and plan["train"].forced  # downstream of the sweep's choice
     _, results = run(cfg, tmp_path, from_=["sweep"])
     assert [c[0] for c in CALLS] == [] and results["prepare"]["status"] == "skipped"
-    assert results["train"]["status"] == "cached"
+    assert results["train"]["status"] == results["evaluate"]["status"] == "cached"
+    BEST["connector"] = "mlp3x_gelu"
+    _, results = run(cfg, tmp_path, force=["sweep"])
+    assert CALLS == [("sweep", ""), ("train", "mlp3x_gelu"), ("evaluate", "mlp3x_gelu")]
 
 
-def test_failed_sweep_blocks_everything_waiting_for_it(cfg, tmp_path):
-    stages = dag()
-
+def test_failed_sweep_blocks_everything_waiting_for_it(cfg, tmp_path, monkeypatch):
     def broken(ctx):
         raise RuntimeError("no trial finished")
 
-    stages[1] = Stage("sweep", ("prepare",), stages[1].reads, broken, resolves=resolve_from_sweep)
-    CALLS.clear()
-    plan = make_plan(cfg, stages, str(tmp_path))
-    results = execute(cfg, plan, str(tmp_path), None)
+    monkeypatch.setitem(globals(), "SWEEP", broken)
+    _, results = run(cfg, tmp_path)
     assert results["sweep"]["status"] == "failed"
     assert results["train"]["status"] == results["evaluate"]["status"] == "skipped"
+    assert "no trial finished" in results["train"]["why"][0]
     assert CALLS == [("prepare", "auto")]
 
 
@@ -135,23 +152,24 @@ def test_the_choice_is_recorded_on_the_stage_run(cfg, tmp_path):
     from pipelines.tracking import PipelineTracker
 
     cfg = load_config("tiny_sweep", [f"storage={tmp_path}", f"tracking.tracking_uri=sqlite:///{tmp_path}/m.db"])
-    plan = make_plan(cfg, dag(), str(tmp_path))
     tracker = PipelineTracker(cfg, str(tmp_path), "run")
-    results = execute(cfg, plan, str(tmp_path), tracker)
-    run = MlflowClient(tracker.uri).get_run(results["train"]["mlflow_run_id"])
-    assert run.data.params["model.connector"] == "linear" and run.data.params["model.vision.image_size"] == "84"
-    assert run.data.tags["auto_from"] == f"sweep {results['sweep']['fingerprint']}"
-    assert run.data.tags["fingerprint"] == results["train"]["fingerprint"]
+    _, results = run(cfg, tmp_path, tracker)
+    train = MlflowClient(tracker.uri).get_run(results["train"]["mlflow_run_id"])
+    assert train.data.params["model.connector"] == "linear" and train.data.params["model.vision.image_size"] == "84"
+    assert train.data.tags["auto_from"] == f"sweep {results['sweep']['fingerprint']}"
+    assert train.data.tags["fingerprint"] == results["train"]["fingerprint"]
     evaluate = MlflowClient(tracker.uri).get_run(results["evaluate"]["mlflow_run_id"])
-    assert "auto_from" not in evaluate.data.tags
+    assert evaluate.data.tags["auto_from"] == train.data.tags["auto_from"]  # it runs with the choice too
+    prepare = MlflowClient(tracker.uri).get_run(results["prepare"]["mlflow_run_id"])
+    assert "auto_from" not in prepare.data.tags
 
 
-def test_pipeline_dag_waits_only_when_something_is_auto():
+def test_the_pipeline_has_a_head_only_when_something_is_auto(tmp_path):
     stages = {s.name: s for s in build_stages(load_config("tiny_sweep"))}
     assert list(stages)[:5] == ["synth", "prepare", "sweep", "pretrain", "finetune"]
-    assert stages["pretrain"].after == stages["finetune"].after == ("sweep",)
     assert stages["sweep"].deps == ("prepare", "synth")
-    fixed = {s.name: s for s in build_stages(load_config("tiny_sweep", ["model.connector=linear",
-                                                                         "model.vision.image_size=56"]))}
-    assert "sweep" in fixed and fixed["pretrain"].after == ()
-    assert "sweep" not in {s.name for s in build_stages(load_config("tiny"))}
+    auto = plan_pipeline(load_config("tiny_sweep"), str(tmp_path))
+    assert [p.stage.name for p in auto.head] == ["synth", "prepare", "sweep"] and auto.pending
+    fixed = plan_pipeline(load_config("tiny_sweep", ["model.connector=linear", "model.vision.image_size=56"]),
+                          str(tmp_path))
+    assert "sweep" in {p.stage.name for p in fixed.head} and fixed.tail == [] and not fixed.pending

@@ -1,0 +1,198 @@
+"""Where the recipe runs: rank, world size, checkpoints, metric reports and the per-rank batch stream.
+
+Two implementations of one small interface:
+- `RayRuntime`: inside a Ray Train worker. Checkpoints go through `ray.train.report` / `get_checkpoint` (Ray
+  merges the ranks' folders and keeps the run's snapshot), batches come from a Ray Data pipeline over the
+  rows the driver put in the object store, and a report without a checkpoint reaches Ray Tune (the sweep).
+- `LocalRuntime`: under `torchrun` or as one plain process, no Ray. Checkpoints are folders
+  `{run_dir}/checkpoint_{step:06d}` (local or s3://) that every rank writes into, committed by rank 0's
+  marker file; batches are read from the prepared Parquet with pyarrow and shaped in a background thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import socket
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.distributed as dist
+
+from components.core import storage
+from components.prepare.pixels import PixelLoader
+
+from .data import ROW_COLUMNS, read_shards, worker_batches
+
+Mode = Literal["pad", "square"]
+
+
+class StopRequested(Exception):
+    """Raised by the recipe on every rank when `Runtime.should_stop` said so (rank 0 asked, all were told)."""
+
+
+class Runtime(Protocol):
+    rank: int
+    world: int
+
+    def latest_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
+        """A local folder holding the run's newest checkpoint (None: a fresh run)."""
+
+    def save(self, folder: str, metrics: dict[str, Any]) -> None:
+        """Collective: commit this rank's files in `folder` as the run's newest checkpoint, with metrics."""
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        """Collective: metrics without a checkpoint (under Ray Tune they reach the trial's scheduler)."""
+
+    def batches(self, indices: np.ndarray, *, batch_size: int, mode: Mode, size: int) -> Iterator[pa.Table]:
+        """This rank's micro-batches of `indices` (row numbers), in order, with uint8 pixels."""
+
+    def should_stop(self) -> bool:
+        """Rank 0 asks whether the run was told to end early (the sweep's ASHA decision)."""
+
+    def wait_until_saved(self) -> bool:
+        """Block until the last saved checkpoint is durable (fault-injection tests kill a worker after it)."""
+
+
+class RayRuntime:
+    """Inside a Ray Train worker; `table_ref` is the object-store ref of the stage's token table."""
+
+    def __init__(self, table_ref: Any, stop_file: str | None = None) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.table_ref = table_ref
+        self.stop_file = stop_file
+        self._checked = 0.0
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as folder:
+            yield folder
+
+    def save(self, folder: str, metrics: dict[str, Any]) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        import ray.train
+
+        ray.train.report(metrics)
+
+    def batches(self, indices: np.ndarray, *, batch_size: int, mode: Mode, size: int) -> Iterator[pa.Table]:
+        return iter(worker_batches(self.table_ref, indices, batch_size=batch_size, mode=mode, size=size))
+
+    def should_stop(self) -> bool:
+        if self.stop_file is None or time.monotonic() - self._checked < 2.0:  # one storage request per 2 s
+            return False
+        self._checked = time.monotonic()
+        return storage.exists(self.stop_file)
+
+    def wait_until_saved(self) -> bool:
+        from .checkpoint import wait_until_registered
+
+        return wait_until_registered()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalRuntime:
+    """Under torchrun (RANK, WORLD_SIZE, MASTER_ADDR/PORT set) or one process (rank 0 of 1), without Ray.
+
+    Starts the torch process group (gloo on CPU, nccl on GPU) if nobody has; DeepSpeed then reuses it.
+    """
+
+    KEEP = 2  # newest checkpoints kept, as the Ray path's CheckpointConfig(num_to_keep=2)
+
+    def __init__(self, prepared: str, stage: str, run_dir: str, *, use_gpu: bool = False) -> None:
+        if not dist.is_initialized():
+            os.environ.setdefault("RANK", "0")
+            os.environ.setdefault("LOCAL_RANK", "0")
+            os.environ.setdefault("WORLD_SIZE", "1")
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
+            if use_gpu:
+                torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+            dist.init_process_group("nccl" if use_gpu else "gloo")
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.prepared, self.stage, self.run_dir = prepared, stage, run_dir
+        self._table: pa.Table | None = None
+
+    def _committed(self) -> list[str]:
+        fs, inner = storage.filesystem(self.run_dir)
+        if not fs.exists(inner):
+            return []
+        folders = sorted(p for p in fs.ls(inner, detail=False) if posixpath.basename(p).startswith("checkpoint_"))
+        return [p for p in folders if fs.exists(posixpath.join(p, "COMMITTED"))]
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        committed = self._committed()
+        if not committed:
+            yield None
+        elif not storage.is_remote(self.run_dir):
+            yield committed[-1]
+        else:
+            fs, _ = storage.filesystem(self.run_dir)
+            with tempfile.TemporaryDirectory(prefix="llava-restore-") as tmp:
+                fs.get(committed[-1].rstrip("/") + "/", tmp + "/", recursive=True)
+                yield tmp
+
+    def save(self, folder: str, metrics: dict[str, Any]) -> None:
+        dest = storage.join(self.run_dir, f"checkpoint_{int(metrics['step']):06d}")  # same step on every rank
+        storage.upload_dir(folder, dest)  # each rank adds its own shard files
+        dist.barrier()
+        if self.rank == 0:
+            storage.write_json(storage.join(dest, "COMMITTED"), metrics)  # written last: the folder is whole
+            fs, _ = storage.filesystem(self.run_dir)
+            for old in self._committed()[: -self.KEEP]:
+                fs.rm(old, recursive=True)
+        dist.barrier()
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        dist.barrier()  # a report is collective on the Ray path too
+
+    def batches(self, indices: np.ndarray, *, batch_size: int, mode: Mode, size: int) -> Iterator[pa.Table]:
+        if len(indices) % batch_size:
+            raise ValueError(f"{len(indices)} rows is not a whole number of micro-batches of {batch_size}")
+        if self._table is None:
+            self._table = read_shards(self.prepared, self.stage, ROW_COLUMNS)
+        table, pixels = self._table, PixelLoader(mode, size)
+        chunks = indices.reshape(-1, batch_size)
+
+        def load(rows: np.ndarray) -> pa.Table:
+            return pixels(table.take(pa.array(rows)))
+
+        # Images decode in one thread while the step runs; two micro-batches ahead at most.
+        with ThreadPoolExecutor(1) as pool:
+            ahead = deque(pool.submit(load, c) for c in chunks[:2])
+            for nxt in range(2, len(chunks) + 2):
+                if nxt < len(chunks):
+                    ahead.append(pool.submit(load, chunks[nxt]))
+                yield ahead.popleft().result()
+
+    def should_stop(self) -> bool:
+        return False
+
+    def wait_until_saved(self) -> bool:
+        return True  # save() returns once the checkpoint is committed

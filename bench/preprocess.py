@@ -11,7 +11,7 @@ Both figures are samples/s per CPU core: ours divides by the CPUs Ray used, the 
 time is at the mercy of other load on the machine, so samples per CPU-second actually used are reported too.
 A third row runs our same per-sample functions in one process without Ray: the ceiling our code allows.
 
-    python -m pipelines.cli bench preprocess --n 2000     # or bench_preprocess(2000)
+    python -m pipelines.engine.cli bench preprocess --n 2000     # or bench_preprocess(2000)
 """
 
 from __future__ import annotations
@@ -233,9 +233,9 @@ def run_ours(source: DataSource, out: str, tokenizer_dir: str, size: int, cpus: 
     import pyarrow.parquet as pq
     import ray
 
+    from components.prepare.dataset import prepare_dataset
     from components.prepare.pixels import PixelLoader
     from components.prepare.process import PrepareSettings
-    from components.prepare.stage import prepare_dataset
 
     t0 = time.perf_counter()
     settings = PrepareSettings(template="vicuna_v1", num_image_tokens=(size // 14) ** 2, max_length=4096)
@@ -260,11 +260,11 @@ def run_ours_inline(source: DataSource, tokenizer_dir: str, size: int) -> int:
     """Our per-sample work without Ray, in this process: process_records (validate, tokenize in batches,
     check the image) then load_pixels for every kept row. Its CPU time is the floor that Ray's
     scheduling, serialisation and process start-up add to; returns the samples produced."""
+    from components.prepare.dataset import source_infos
     from components.prepare.json_tokenizer import load_json_tokenizer
     from components.prepare.pixels import load_pixels
     from components.prepare.process import PrepareSettings, process_records
     from components.prepare.records import split_records
-    from components.prepare.stage import source_infos
 
     settings = PrepareSettings(template="vicuna_v1", num_image_tokens=(size // 14) ** 2, max_length=4096)
     tok = load_json_tokenizer(tokenizer_dir)
@@ -338,7 +338,7 @@ def bench_preprocess(
     import ray
 
     from components.models.tokenizer import SPM_FILE, train_tokenizer
-    from components.prepare.run import corpus_texts
+    from components.prepare.stage import corpus_texts
 
     n = DEFAULT_N if n is None else n
     if n <= 0:

@@ -5,7 +5,7 @@
 
 `sweep` (when sweep.enabled) runs Ray Tune over connector × resolution on the prepared data; with
 `model.connector: auto` / `model.vision.image_size: auto`, the stages after it run with its best values
-(resolved from best.json in a pre-pass before they are planned: pipelines/plan.py).
+(resolved from best.json in a pre-pass before they are planned: pipelines/engine/plan.py).
 
 Each stage declares the config keys, data files and environment settings it reads and its upstream stages;
 the executor fingerprints exactly those plus the code the stage body runs (derived from its imports), and
@@ -16,7 +16,6 @@ import their heavy libraries lazily, so `plan` stays fast.
 from __future__ import annotations
 
 import functools
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -25,27 +24,21 @@ from components.core.config import AUTO, ConfigError, PipelineConfig, deepspeed_
 from components.core.fingerprint import flatten
 from components.core.redact import redact
 
-from .executor import NOT_CONFIGURED, Stage, StageContext
+from .engine.executor import NOT_CONFIGURED, Stage, StageContext
+from .engine.plan import Pipeline
 
 # ---------------------------------------------------------------- stage bodies
 
 
-def run_synth(ctx: StageContext) -> dict[str, Any]:
-    from components.synth.world import generate_world
+def synth_body(ctx: StageContext) -> dict[str, Any]:
+    from components.synth.stage import run_synth
 
     synth = ctx.cfg.data.synth
-    assert synth is not None
-    if not storage.is_remote(ctx.out):
-        manifest = generate_world(ctx.out, seed=synth.seed, size=synth.size)
-    else:  # generate locally, then upload the folder
-        with tempfile.TemporaryDirectory() as tmp:
-            manifest = generate_world(tmp, seed=synth.seed, size=synth.size)
-            storage.upload_dir(tmp, ctx.out)
-    return {"files": len(manifest["files"])}
+    return {"files": run_synth(ctx.out, seed=synth.seed, size=synth.size)}
 
 
-def run_prepare_stage(ctx: StageContext) -> dict[str, Any]:
-    from components.prepare.run import run_prepare
+def prepare_body(ctx: StageContext) -> dict[str, Any]:
+    from components.prepare.stage import run_prepare
 
     result = run_prepare(ctx.cfg, ctx.out, ctx.inputs.get("synth"))
     metrics = {}
@@ -55,15 +48,15 @@ def run_prepare_stage(ctx: StageContext) -> dict[str, Any]:
     return metrics
 
 
-def run_sweep_stage(ctx: StageContext) -> dict[str, Any]:
-    from components.sweep.run import run_sweep
+def sweep_body(ctx: StageContext) -> dict[str, Any]:
+    from components.sweep.stage import run_sweep
 
     return run_sweep(ctx.cfg, prepared=ctx.inputs["prepare"], eval_root=dev_root(ctx.cfg, ctx.inputs),
                      out=ctx.out, storage_root=ctx.storage, fingerprint=ctx.fingerprint, mlflow=ctx.mlflow)
 
 
 def resolve_from_sweep(cfg: PipelineConfig, out: str) -> tuple[PipelineConfig, dict[str, Any]]:
-    """`auto` values filled from a sweep output's best.json (the pre-pass in pipelines/plan.py)."""
+    """`auto` values filled from a sweep output's best.json (the pre-pass in pipelines/engine/plan.py)."""
     from components.sweep.space import resolve_auto
 
     path = storage.join(out, "best.json")
@@ -71,12 +64,12 @@ def resolve_from_sweep(cfg: PipelineConfig, out: str) -> tuple[PipelineConfig, d
 
 
 def _train(ctx: StageContext, stage: str) -> dict[str, Any]:
-    from components.train.run import prune_checkpoints, run_training
+    from components.train.stage import prune_checkpoints, run_train
 
     init = storage.join(ctx.inputs["pretrain"], "connector.safetensors") if stage == "finetune" else None
     # One Ray Train run per attempt: a resumed attempt continues its run, a forced one starts a fresh run.
     run_name, train_root = f"{stage}-{ctx.fingerprint}-{ctx.attempt}", storage.join(ctx.storage, "ray_train")
-    summary = run_training(ctx.cfg, stage, prepared=ctx.inputs["prepare"], out=ctx.out, run_name=run_name,
+    summary = run_train(ctx.cfg, stage, prepared=ctx.inputs["prepare"], out=ctx.out, run_name=run_name,
                            storage_path=train_root, init_connector=init, mlflow=ctx.mlflow)
     prune_checkpoints(train_root, run_name, keep=getattr(ctx.cfg, stage).keep_checkpoints)
     keys = ("steps", "samples", "tokens", "initial_loss", "final_loss", "wall_s", "resumed_from_step",
@@ -84,11 +77,11 @@ def _train(ctx: StageContext, stage: str) -> dict[str, Any]:
     return {k: summary[k] for k in keys if k in summary and summary[k] is not None}
 
 
-def run_pretrain(ctx: StageContext) -> dict[str, Any]:
+def pretrain_body(ctx: StageContext) -> dict[str, Any]:
     return _train(ctx, "pretrain")
 
 
-def run_finetune(ctx: StageContext) -> dict[str, Any]:
+def finetune_body(ctx: StageContext) -> dict[str, Any]:
     return _train(ctx, "finetune")
 
 
@@ -103,9 +96,9 @@ def dev_root(cfg: PipelineConfig, inputs: dict[str, str]) -> str:
     return fill_synth(cfg.sweep.dev.root, inputs.get("synth"), "sweep.dev.root")
 
 
-def run_evaluate(ctx: StageContext, *, bench: str) -> dict[str, Any]:
+def evaluate_body(ctx: StageContext, *, bench: str) -> dict[str, Any]:
     from components.evaluate.pool import PoolSpec, warm_pool
-    from components.evaluate.stage import run_benchmarks
+    from components.evaluate.stage import run_evaluate
 
     ev = ctx.cfg.evaluate
     model_dir = storage.join(ctx.inputs["finetune"], "model")
@@ -117,7 +110,7 @@ def run_evaluate(ctx: StageContext, *, bench: str) -> dict[str, Any]:
         common = dict(model_dir=model_dir, eval_root=eval_root(ctx.cfg, ctx.inputs),
                       template=ev.template, batch_size=ev.batch_size, num_actors=ev.num_actors, use_gpu=ev.use_gpu,
                       limit=ev.limit, pool=pool)
-        (result,) = run_benchmarks([bench], out_dir=out, parity_sample=ev.parity_sample, mlflow=ctx.mlflow, **common)
+        (result,) = run_evaluate([bench], out_dir=out, parity_sample=ev.parity_sample, mlflow=ctx.mlflow, **common)
         metrics: dict[str, Any] = {"status": result["status"]}
         if result["status"] == "skipped":
             metrics["reason"] = result.get("reason", "")
@@ -126,17 +119,17 @@ def run_evaluate(ctx: StageContext, *, bench: str) -> dict[str, Any]:
         if result.get("parity") is not None:
             metrics["parity_mismatches"] = len(result["parity"])
         if bench in ev.blank_image_check:
-            (blank,) = run_benchmarks([bench], out_dir=storage.join(out, "blank_images"), blank_images=True, **common)
+            (blank,) = run_evaluate([bench], out_dir=storage.join(out, "blank_images"), blank_images=True, **common)
             if blank.get("value") is not None:
                 metrics[f"blank_images_{blank['metric']}"] = blank["value"]
     return metrics
 
 
-def run_export(ctx: StageContext) -> dict[str, Any]:
-    from components.export.stage import run_export_stage
+def export_body(ctx: StageContext) -> dict[str, Any]:
+    from components.export.stage import run_export
 
     evals = {name: path for name, path in ctx.inputs.items() if name.startswith("evaluate.")}
-    return run_export_stage(ctx.cfg, model_dir=storage.join(ctx.inputs["finetune"], "model"), out=ctx.out,
+    return run_export(ctx.cfg, model_dir=storage.join(ctx.inputs["finetune"], "model"), out=ctx.out,
                             eval_outputs=evals, pipeline_fingerprint=ctx.fingerprint, mlflow=ctx.mlflow,
                             eval_root=eval_root(ctx.cfg, ctx.inputs))
 
@@ -245,21 +238,21 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     has_synth = cfg.data.synth is not None
     synth = ("synth",) if has_synth else ()
     if has_synth:
-        stages.append(Stage("synth", (), ("data.synth.size", "data.synth.seed"), run_synth))
+        stages.append(Stage("synth", (), ("data.synth.size", "data.synth.seed"), synth_body))
     prepare_reads = ("data.pretrain", "data.finetune", "prepare", "model.tokenizer", "model.vision",
                      "pretrain.template", "pretrain.max_length", "finetune.template", "finetune.max_length")
     if cfg.model.vision.image_size == AUTO:  # rows are cut for the sweep's largest resolution
         prepare_reads += ("sweep.space.resolution",)
-    stages.append(Stage("prepare", synth, prepare_reads, run_prepare_stage, files=_prepare_files,
+    stages.append(Stage("prepare", synth, prepare_reads, prepare_body, files=_prepare_files,
                         resources=("prepare.cpus_per_task",)))
     if cfg.sweep.enabled:
         stages.append(Stage(
-            "sweep", ("prepare", *synth), _sweep_reads(cfg), run_sweep_stage,
+            "sweep", ("prepare", *synth), _sweep_reads(cfg), sweep_body,
             files=lambda c: {**_deepspeed_files("pretrain", "finetune")(c),
                              **_benchmark_files(c.sweep.dev.benchmark, c.sweep.dev.root or c.evaluate.root)}))
     train_reads = ("seed", "model")
-    for stage, deps, body in (("pretrain", ("prepare",), run_pretrain),
-                              ("finetune", ("prepare", "pretrain"), run_finetune)):
+    for stage, deps, body in (("pretrain", ("prepare",), pretrain_body),
+                              ("finetune", ("prepare", "pretrain"), finetune_body)):
         stages.append(Stage(stage, deps, (*train_reads, stage), body, files=_deepspeed_files(stage),
                             resources=(f"{stage}.keep_checkpoints",)))
     eval_names = []
@@ -269,10 +262,20 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         name = f"evaluate.{bench}"
         eval_names.append(name)
         stages.append(Stage(
-            name, ("finetune", *synth), eval_reads, functools.partial(run_evaluate, bench=bench),
+            name, ("finetune", *synth), eval_reads, functools.partial(evaluate_body, bench=bench),
             files=lambda c, b=bench: _benchmark_files(b, c.evaluate.root), env=_judge_env(bench),
             resources=("evaluate.num_actors", "evaluate.cpus_per_actor"), group="evaluate"))
     if cfg.export.enabled:
         stages.append(Stage("export", ("finetune", *eval_names, *synth),
-                            ("export", "name", "model.connector", "evaluate.root", "evaluate.template"), run_export))
+                            ("export", "name", "model.connector", "evaluate.root", "evaluate.template"), export_body))
     return stages
+
+
+def _auto_keys(cfg: PipelineConfig) -> list[str]:
+    from components.sweep.space import auto_keys
+
+    return auto_keys(cfg)
+
+
+# The pipeline as the engine runs it: `auto` keys are filled from the sweep's best.json (a pre-pass).
+LLAVA15 = Pipeline(build_stages, auto_keys=_auto_keys, auto_source="sweep", resolve=resolve_from_sweep)

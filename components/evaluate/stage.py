@@ -1,6 +1,6 @@
 """The evaluate stage: benchmark questions -> answers from a generation pool (pool.py) -> score -> files.
 
-`run_benchmarks` feeds several benchmarks through one pool, so each replica loads the model once; the
+`run_evaluate` feeds several benchmarks through one pool, so each replica loads the model once; the
 pipeline passes the run's warm pool, so every benchmark job reuses it. Rows are fed sorted by modality and
 prompt length (less padding; image and text-only prompts rarely share a batch, and `Generator.answer` splits
 any that do), and results come back in whatever order replicas finish. Answers are therefore keyed by
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from components.core import storage
+from components.core.mlflow_target import MlflowTarget
 from components.core.templates import TemplateName
 from components.evaluate.benchmarks import Benchmark, BenchmarkDataError, Question, get_benchmark
 from components.evaluate.benchmarks.base import MAX_REJECTED_FRACTION
@@ -36,13 +37,12 @@ from components.evaluate.outputs import (
 )
 from components.evaluate.pool import GenerationPool, PoolSpec, generate_in_process
 from components.models.remote import localize
-from components.tracking import MlflowTarget
 
 _UPLOAD_EXT = {"mmbench": "tsv", "mmbench_cn": "tsv"}  # the rest upload JSON
 
 
 @dataclass
-class _Job:
+class _BenchmarkRun:
     """One benchmark of a run: its questions (file order) and where things are."""
 
     bench: Benchmark
@@ -56,7 +56,7 @@ class _Job:
     unread: list[dict[str, Any]] = field(default_factory=list)  # malformed question records (file:line, why)
 
 
-def _question_rows(jobs: Sequence[_Job]) -> list[dict[str, Any]]:
+def _question_rows(jobs: Sequence[_BenchmarkRun]) -> list[dict[str, Any]]:
     """Rows for Ray Data: image prompts first, then by generation length and prompt length (less padding).
 
     `feed` is the position in this feed order; images are located here, so actors need no benchmark layout.
@@ -91,7 +91,7 @@ def _spread(questions: Sequence[Question], k: int) -> list[Question]:
     return [questions[round(i * step)] for i in range(k)] if k > 1 else [questions[0]]
 
 
-def _skipped_for_judge(job: _Job, reason: str) -> dict[str, Any]:
+def _skipped_for_judge(job: _BenchmarkRun, reason: str) -> dict[str, Any]:
     bench = job.bench
     return {
         "benchmark": bench.name,
@@ -118,14 +118,14 @@ def benchmark_folder(eval_root: str | Path, bench: Benchmark) -> tuple[Path, str
 def _prepare_job(
     name: str, eval_root: str | Path, out_dir: str | Path, limit: int | None, parity_sample: int,
     max_new_tokens: int | None,
-) -> _Job:
+) -> _BenchmarkRun:
     bench = get_benchmark(name)
     root, source = benchmark_folder(eval_root, bench)
     questions = bench.load_questions(root)
     unread = questions.rejected  # malformed records: each in rejected.jsonl with its file:line and field
     if limit is not None:
         questions = questions[:limit]  # a prefix: positional scorers (POPE, MME pairs) stay aligned
-    job = _Job(bench, root, source, Path(out_dir) / bench.name, questions,
+    job = _BenchmarkRun(bench, root, source, Path(out_dir) / bench.name, questions,
                max_new_tokens or bench.max_new_tokens, unread=unread)
     if parity_sample > 0:
         job.parity_ids = {q.question_id for q in _spread(questions, parity_sample)}
@@ -133,7 +133,7 @@ def _prepare_job(
 
 
 def _finish(
-    job: _Job, results: dict[tuple[str, str], dict[str, Any]], pass_stats: dict[str, Any],
+    job: _BenchmarkRun, results: dict[tuple[str, str], dict[str, Any]], pass_stats: dict[str, Any],
     extra: dict[str, Any], mlflow: MlflowTarget | None,
 ) -> dict[str, Any]:
     """Score one benchmark's answers and write its files (answers re-sorted into question-file order)."""
@@ -209,7 +209,7 @@ def _check_rejected(name: str, rejected: list[dict[str, Any]], total: int, out: 
                                  f"{MAX_REJECTED_FRACTION:.0%}): {top}; see {out / 'rejected.jsonl'}")
 
 
-def run_benchmarks(
+def run_evaluate(
     bench_names: Sequence[str],
     *,
     model_dir: str | Path,

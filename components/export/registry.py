@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from components.core import storage
-from components.tracking import MlflowTarget
+from components.core.mlflow_target import MlflowTarget
 
 ARTIFACT_PATH = "model"
 _TAG_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")

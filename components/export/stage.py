@@ -21,6 +21,7 @@ from transformers import AutoConfig
 
 from components.core import storage
 from components.core.config import PipelineConfig
+from components.core.mlflow_target import MlflowTarget
 from components.core.templates import TemplateName
 from components.export.chat_template import chat_template
 from components.export.package import (
@@ -36,7 +37,6 @@ from components.export.samples import parity_items
 from components.models.assembly import load_llava
 from components.models.remote import localize
 from components.models.tokenizer import load_tokenizer
-from components.tracking import MlflowTarget
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run_export_stage(
+def run_export(
     cfg: PipelineConfig,
     *,
     model_dir: str,

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from components.core import storage
 from components.core.config import PipelineConfig
-from components.tracking import MlflowTarget
+from components.core.mlflow_target import MlflowTarget
 
 from .checkpoint import restore, save
 from .collate import PACK_MULTIPLE, CollateSpec, collate, sample_length, use_packed_attention
@@ -77,7 +77,7 @@ DELAY_ENV = "LLAVA_TRAIN_STEP_DELAY_S"  # tests: sleep after each step, so an in
 
 
 @dataclass(frozen=True)
-class Job:
+class TrainPlan:
     """What every rank trains: the stage, its data order and its step budget."""
 
     cfg: PipelineConfig
@@ -101,7 +101,7 @@ def total_steps(num_rows: int, global_batch: int, epochs: float, max_steps: int 
 def plan(
     cfg: PipelineConfig, stage: Stage, *, prepared: str, out: str, init_connector: str | None = None,
     mlflow: MlflowTarget | None = None, stop_at_step: int | None = None,
-) -> Job:
+) -> TrainPlan:
     """The stage's step count and sample stream (length-grouped, seeded: identical wherever it is computed)."""
     if stage not in ("pretrain", "finetune"):
         raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
@@ -114,13 +114,13 @@ def plan(
     stream = sample_stream(lengths, has_image, epochs=epochs_needed, batch_size=sc.per_device_batch,
                            num_chunks=sc.num_workers * sc.gradient_accumulation, seed=sc.seed,
                            group_by_modality=sc.group_by_modality_length)
-    return Job(cfg=cfg, stage_name=stage, prepared=prepared, out=out, init_connector=init_connector,
+    return TrainPlan(cfg=cfg, stage_name=stage, prepared=prepared, out=out, init_connector=init_connector,
                total_steps=steps, num_rows=len(lengths), stop_at=stop_at_step or steps, stream=stream,
                mlflow=mlflow)
 
 
-def train(job: Job, rt: Runtime) -> dict[str, Any] | None:
-    """Run the job on this rank; rank 0 returns the summary (also written to `out`/summary.json).
+def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
+    """Run the plan on this rank; rank 0 returns the summary (also written to `out`/summary.json).
 
     Returns None on other ranks; raises StopRequested on every rank when the runtime says stop.
     """

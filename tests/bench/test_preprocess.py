@@ -64,7 +64,7 @@ def test_reference_path_supervises_the_same_text_as_ours(tmp_path):
     from components.core.conversation import normalize_image_token, parse_record
     from components.core.tokenize import IGNORE_INDEX, supervised_spans, tokenize_samples
     from components.models.tokenizer import SPM_FILE, load_tokenizer, train_tokenizer
-    from components.prepare.run import corpus_texts
+    from components.prepare.stage import corpus_texts
 
     info = write_bench_data(tmp_path / "data", 120, (64, 48))
     train_tokenizer(corpus_texts([DataSource(annotations=info["annotations"])]), 1000, tmp_path / "tok")

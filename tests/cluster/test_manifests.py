@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from components.core.config import CONFIG_DIR, load_config
-from pipelines.cli import build_parser
+from pipelines.engine.cli import build_parser
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 

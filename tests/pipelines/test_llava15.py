@@ -3,7 +3,7 @@
 import pytest
 
 from components.core.config import load_config
-from pipelines.executor import config_slice
+from pipelines.engine.executor import config_slice
 from pipelines.llava15 import build_stages, dev_root, eval_root
 
 INPUTS = {"synth": "/store/artifacts/synth/abc"}

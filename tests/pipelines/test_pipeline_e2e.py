@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from components.core.config import load_config
-from pipelines.cli import main
-from pipelines.run_cmd import run_pipeline
+from pipelines.engine.cli import main
+from pipelines.engine.run_cmd import run_pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -160,7 +160,7 @@ def test_interrupted_driver_resumes(ray_local, mlflow_server, tmp_path):
     """Kill the driver during finetune (after a checkpoint); the same command resumes from it."""
     storage = tmp_path / "store"
     address = ray_local.get_runtime_context().gcs_address
-    args = [sys.executable, "-m", "pipelines.cli", "run", "--json", "--set", f"storage={storage}",
+    args = [sys.executable, "-m", "pipelines.engine.cli", "run", "--json", "--set", f"storage={storage}",
             "--set", "evaluate.benchmarks=[gqa]", "--set", "evaluate.limit=8", "--set", "export.enabled=false",
             "--set", "pretrain.max_steps=4", "--set", "finetune.max_steps=12", "--set", "finetune.checkpoint_every=2"]
     env = {**os.environ, "RAY_ADDRESS": address, "MLFLOW_TRACKING_URI": mlflow_server,

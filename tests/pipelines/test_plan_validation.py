@@ -3,7 +3,7 @@
 import pytest
 
 from components.core.config import CONNECTOR_SPEC, ConfigError, load_config
-from pipelines.cli import main
+from pipelines.engine.cli import main
 from pipelines.llava15 import build_stages, config_problems
 
 

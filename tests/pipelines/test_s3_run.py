@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.executor import MANIFEST
+from pipelines.engine.cli import main
+from pipelines.engine.executor import MANIFEST
 
 pytestmark = pytest.mark.e2e
 

@@ -68,7 +68,7 @@ def test_no_secret_reaches_any_output(mlflow_server, judge_server, tmp_path):
     env = {**os.environ, "LLAVA_JUDGE_BASE_URL": f"{judge_url}?key={JUDGE_QUERY_KEY}",
            "LLAVA_JUDGE_MODEL": "fake-judge", "LLAVA_JUDGE_API_KEY": JUDGE_API_KEY}
     env.pop("MLFLOW_TRACKING_URI", None)
-    argv = [sys.executable, "-m", "pipelines.cli", "run", "tiny", "--set", f"storage={storage}",
+    argv = [sys.executable, "-m", "pipelines.engine.cli", "run", "tiny", "--set", f"storage={storage}",
             "--set", f"tracking.tracking_uri={tracking}"]
     for item in SMALL:
         argv += ["--set", item]

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from components.core.config import PipelineConfig, load_config
 from components.core.fingerprint import flatten
-from pipelines.executor import downstream, make_plan
+from pipelines.engine.executor import downstream, make_plan
 from pipelines.llava15 import PIPELINE_KEYS, build_stages, config_problems
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from components.core import fingerprint as fp
 from components.core.config import load_config
-from pipelines.executor import downstream, make_plan
+from pipelines.engine.executor import downstream, make_plan
 from pipelines.llava15 import build_stages
 
 
@@ -105,7 +105,7 @@ def test_a_judge_configured_later_reruns_the_judged_benchmarks(tmp_path, monkeyp
 
 
 def test_an_unreadable_manifest_is_absent_not_a_crash(tmp_path):
-    from pipelines.executor import MANIFEST
+    from pipelines.engine.executor import MANIFEST
 
     cfg = load_config("tiny")
     plan = make_plan(cfg, build_stages(cfg), str(tmp_path))

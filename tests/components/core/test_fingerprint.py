@@ -30,20 +30,20 @@ def test_import_closure_follows_lazy_relative_and_submodule_imports_within_the_p
 
 
 def test_a_stage_body_closure_is_its_own_code_not_its_neighbours():
-    from pipelines.llava15 import run_evaluate, run_prepare_stage, run_pretrain
+    from pipelines.llava15 import evaluate_body, prepare_body, pretrain_body
 
     def rel(body):
         return {str(p.relative_to(fp.REPO_ROOT)) for p in code_closure(body)}
 
-    train, prepare = rel(run_pretrain), rel(run_prepare_stage)
+    train, prepare = rel(pretrain_body), rel(prepare_body)
     # train/data.py imports the pixel code: training depends on it, though it lives in prepare/.
-    assert {"components/train/run.py", "components/train/data.py", "components/prepare/pixels.py"} <= train
-    assert "components/evaluate/stage.py" not in train and "pipelines/executor.py" not in train
-    assert "components/prepare/run.py" in prepare and "components/train/run.py" not in prepare
+    assert {"components/train/stage.py", "components/train/data.py", "components/prepare/pixels.py"} <= train
+    assert "components/evaluate/stage.py" not in train and "pipelines/engine/executor.py" not in train
+    assert "components/prepare/stage.py" in prepare and "components/train/stage.py" not in prepare
     import functools
 
-    evaluate = rel(functools.partial(run_evaluate, bench="gqa"))
-    assert "components/evaluate/stage.py" in evaluate and "components/train/run.py" not in evaluate
+    evaluate = rel(functools.partial(evaluate_body, bench="gqa"))
+    assert "components/evaluate/stage.py" in evaluate and "components/train/stage.py" not in evaluate
 
 
 def test_local_files_are_hashed_by_content(tmp_path, monkeypatch):

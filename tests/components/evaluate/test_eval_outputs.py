@@ -20,7 +20,7 @@ from components.evaluate.outputs import (
 )
 from components.evaluate.pool import GeneratorActor, _image_ref
 from components.evaluate.scoring import read_predictions
-from components.evaluate.stage import _Job, _question_rows, _spread
+from components.evaluate.stage import _BenchmarkRun, _question_rows, _spread
 
 
 def q(i: int, *, qid: str | None = None, image: str | bytes | None = "images/a.jpg", prompt: str = "what?",
@@ -110,9 +110,9 @@ def test_mlflow_metric_names_are_flat_and_legal():
 def test_feed_rows_group_modalities_and_locate_images(tmp_path: Path):
     pope, mmb = get_benchmark("pope"), get_benchmark("mmbench")
     jobs = [
-        _Job(pope, tmp_path / "pope", "s3://evals/root/POPE", tmp_path,
+        _BenchmarkRun(pope, tmp_path / "pope", "s3://evals/root/POPE", tmp_path,
              [q(0, prompt="a long question?"), q(1, prompt="short?")], 128, parity_ids={"1"}),
-        _Job(mmb, tmp_path / "mmb", str(tmp_path / "mmb"), tmp_path,
+        _BenchmarkRun(mmb, tmp_path / "mmb", str(tmp_path / "mmb"), tmp_path,
              [q(0, image=b"png", prompt="x?"), q(1, image=None, prompt="t")], 1024),
     ]
     rows = _question_rows(jobs)

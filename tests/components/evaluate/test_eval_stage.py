@@ -14,15 +14,15 @@ import pytest
 from PIL import Image
 
 from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
+from components.core.mlflow_target import MlflowTarget
 from components.evaluate.benchmarks import UnknownBenchmark, get_benchmark
 from components.evaluate.judge import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, JudgeNotConfigured
 from components.evaluate.scoring import score_file
-from components.evaluate.stage import run_benchmarks
+from components.evaluate.stage import run_evaluate
 from components.models.assembly import build_model
 from components.synth.evalsets import write_eval_sets
 from components.synth.files import Writer
 from components.synth.scene import COLORS
-from components.tracking import MlflowTarget
 
 BENCHES = ["pope", "mme", "gqa", "mmbench", "sqa", "mmvet"]  # mmvet: judged, no judge -> skipped
 LIMIT = 16
@@ -67,7 +67,7 @@ def stage(ray_local, eval_root, model_dir, mlflow_target, tmp_path_factory) -> d
     with pytest.MonkeyPatch.context() as mp:
         for var in (ENV_BASE_URL, ENV_MODEL, ENV_API_KEY):
             mp.delenv(var, raising=False)
-        results = run_benchmarks(
+        results = run_evaluate(
             BENCHES, model_dir=model_dir, eval_root=eval_root, out_dir=out, batch_size=4, num_actors=2,
             limit=LIMIT, parity_sample=4, max_new_tokens=6, mlflow=mlflow_target, delay_first_batch_s=3.0,
         )
@@ -178,7 +178,7 @@ def test_metrics_and_artifacts_reach_mlflow(stage, mlflow_target):
 
 
 def test_judge_skip_needs_no_ray_or_model(eval_root, tmp_path):
-    (r,) = run_benchmarks(["llava_bench"], model_dir=tmp_path / "absent", eval_root=eval_root, out_dir=tmp_path,
+    (r,) = run_evaluate(["llava_bench"], model_dir=tmp_path / "absent", eval_root=eval_root, out_dir=tmp_path,
                       judge=JudgeNotConfigured("no judge in this test"))
     assert r["status"] == "skipped" and "no judge in this test" in r["reason"]
     assert r["n_questions"] == 60 and r["paper"]["13b"] == get_benchmark("llava_bench").paper["13b"]
@@ -186,17 +186,17 @@ def test_judge_skip_needs_no_ray_or_model(eval_root, tmp_path):
 
 def test_bad_arguments_are_clear_errors(eval_root, tmp_path):
     with pytest.raises(UnknownBenchmark, match="Did you mean 'pope'"):
-        run_benchmarks(["popee"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path)
+        run_evaluate(["popee"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path)
     with pytest.raises(ValueError, match="limit must be >= 1"):
-        run_benchmarks(["pope"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path, limit=0)
+        run_evaluate(["pope"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path, limit=0)
     with pytest.raises(ValueError, match="named more than once"):
-        run_benchmarks(["pope", "POPE"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path)
+        run_evaluate(["pope", "POPE"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path)
 
 
 @pytest.mark.e2e
 def test_in_process_generation_answers_as_the_actor_pool(stage, eval_root, model_dir, tmp_path):
     """The sweep's CPU path: same rows, same GeneratorActor, no Ray Data; answers and scores equal the pass."""
-    results = run_benchmarks(["gqa", "pope"], model_dir=model_dir, eval_root=eval_root, out_dir=tmp_path,
+    results = run_evaluate(["gqa", "pope"], model_dir=model_dir, eval_root=eval_root, out_dir=tmp_path,
                              batch_size=4, limit=LIMIT, max_new_tokens=6, in_process=True)
     for r in results:
         name = r["benchmark"]
@@ -205,7 +205,7 @@ def test_in_process_generation_answers_as_the_actor_pool(stage, eval_root, model
         ours, pool = (_lines(d / name / "answers.jsonl") for d in (tmp_path, stage["out"]))
         assert [(a["question_id"], a["text"]) for a in ours] == [(a["question_id"], a["text"]) for a in pool]
     with pytest.raises(ValueError, match="in_process generation runs on CPU"):
-        run_benchmarks(["gqa"], model_dir=model_dir, eval_root=eval_root, out_dir=tmp_path, use_gpu=True,
+        run_evaluate(["gqa"], model_dir=model_dir, eval_root=eval_root, out_dir=tmp_path, use_gpu=True,
                       in_process=True)
 
 
@@ -219,12 +219,12 @@ def test_a_warm_pool_serves_several_benchmark_jobs(ray_local, eval_root, model_d
     pool = warm_pool(spec)
     actors = list(pool.actors)
     common = dict(model_dir=model_dir, eval_root=eval_root, batch_size=4, limit=LIMIT, max_new_tokens=6)
-    (gqa,) = run_benchmarks(["gqa"], out_dir=tmp_path / "a", pool=pool, **common)
-    (blank,) = run_benchmarks(["gqa"], out_dir=tmp_path / "b", pool=warm_pool(spec), blank_images=True, **common)
-    (pope,) = run_benchmarks(["pope"], out_dir=tmp_path / "c", pool=warm_pool(spec), **common)
+    (gqa,) = run_evaluate(["gqa"], out_dir=tmp_path / "a", pool=pool, **common)
+    (blank,) = run_evaluate(["gqa"], out_dir=tmp_path / "b", pool=warm_pool(spec), blank_images=True, **common)
+    (pope,) = run_evaluate(["pope"], out_dir=tmp_path / "c", pool=warm_pool(spec), **common)
     assert warm_pool(spec) is pool and pool.actors == actors  # no new replica was started
-    reference = run_benchmarks(["gqa", "pope"], out_dir=tmp_path / "d", in_process=True, **common)
-    run_benchmarks(["gqa"], out_dir=tmp_path / "e", in_process=True, blank_images=True, **common)
+    reference = run_evaluate(["gqa", "pope"], out_dir=tmp_path / "d", in_process=True, **common)
+    run_evaluate(["gqa"], out_dir=tmp_path / "e", in_process=True, blank_images=True, **common)
     assert [gqa["value"], pope["value"]] == [r["value"] for r in reference]
 
     def answers(folder: Path) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 
 from components.core import storage
 from components.evaluate.benchmarks import get_benchmark
-from components.evaluate.stage import _Job, _question_rows, benchmark_folder
+from components.evaluate.stage import _BenchmarkRun, _question_rows, benchmark_folder
 from components.export.samples import parity_items
 from components.synth.evalsets import write_eval_sets
 from components.synth.files import Writer
@@ -33,7 +33,7 @@ def test_question_files_come_here_images_stay_remote(s3_eval_root, tmp_path, mon
     assert source == f"{s3_eval_root}/{gqa.folder}" and root.is_relative_to(tmp_path / "cache")
     assert (root / gqa.questions_file).is_file() and not (root / "images").exists()
     questions = gqa.load_questions(root)
-    rows = _question_rows([_Job(gqa, root, source, tmp_path / "out", questions, 8)])
+    rows = _question_rows([_BenchmarkRun(gqa, root, source, tmp_path / "out", questions, 8)])
     # What a generation actor gets: a name under the URL, which it reads on its own node.
     assert {r["image_root"] for r in rows} == {source}
     assert all(not str(r["image_path"]).startswith("/") for r in rows)

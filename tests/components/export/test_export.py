@@ -12,15 +12,15 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 from components.core.config import load_config
 from components.core.conversation import parse_record
+from components.core.mlflow_target import MlflowTarget
 from components.core.templates import generation_segments, render_segments, render_text
 from components.export.chat_template import VICUNA_V1_CHAT_TEMPLATE, chat_template
 from components.export.package import ExportError
 from components.export.parity import ParityError
 from components.export.registry import read_eval_results
 from components.export.samples import FIXED_PROMPTS, parity_items
-from components.export.stage import run_export_stage
+from components.export.stage import run_export
 from components.models.assembly import build_model
-from components.tracking import MlflowTarget
 
 NEW_TOKENS = 8  # parity answers this long keep the file fast and still compare several decoding steps
 
@@ -71,7 +71,7 @@ def mlflow_target(tmp_path_factory) -> MlflowTarget:
 
 @pytest.fixture(scope="module")
 def eval_outputs(tmp_path_factory) -> dict[str, str]:
-    """Two evaluate-stage outputs as run_benchmarks leaves them: <out>/<bench>/metrics.json (+ answers)."""
+    """Two evaluate-stage outputs as run_evaluate leaves them: <out>/<bench>/metrics.json (+ answers)."""
     root = tmp_path_factory.mktemp("evals")
     gqa, pope = root / "evaluate.gqa", root / "evaluate.pope"
     (gqa / "gqa").mkdir(parents=True)
@@ -90,7 +90,7 @@ def eval_outputs(tmp_path_factory) -> dict[str, str]:
 def exported(model_dir, eval_outputs, mlflow_target, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("export")
     cfg = _cfg("export.parity_sample=4", "export.registered_model_name=tiny-llava")
-    metrics = run_export_stage(cfg, model_dir=model_dir, out=str(out), eval_outputs=eval_outputs,
+    metrics = run_export(cfg, model_dir=model_dir, out=str(out), eval_outputs=eval_outputs,
                                pipeline_fingerprint="fp-1234", mlflow=mlflow_target,
                                parity_max_new_tokens=NEW_TOKENS)
     return metrics, out
@@ -187,7 +187,7 @@ def test_registry_entry(exported, mlflow_target):
 def test_refuses_a_connector_transformers_cannot_represent(linear_dir, tmp_path):
     cfg = _cfg("model.connector=linear")
     with pytest.raises(ExportError) as err:
-        run_export_stage(cfg, model_dir=linear_dir, out=str(tmp_path / "out"), eval_outputs={},
+        run_export(cfg, model_dir=linear_dir, out=str(tmp_path / "out"), eval_outputs={},
                          pipeline_fingerprint="fp", mlflow=None)
     message = str(err.value)
     assert "'linear'" in message and "model.connector='linear'" in message
@@ -200,7 +200,7 @@ def test_custom_connector_opt_in(linear_dir, tmp_path):
     from components.models.connectors import connector_spec_of
 
     cfg = _cfg("model.connector=linear", "export.allow_custom_connector=true", "export.parity_sample=2")
-    metrics = run_export_stage(cfg, model_dir=linear_dir, out=str(tmp_path / "out"), eval_outputs={},
+    metrics = run_export(cfg, model_dir=linear_dir, out=str(tmp_path / "out"), eval_outputs={},
                                pipeline_fingerprint="fp", mlflow=None, parity_max_new_tokens=4)
     assert metrics["custom_connector"] is True and metrics["parity_ok"] is True
     assert metrics["registered_version"] is None and metrics["registry"].startswith("skipped")
@@ -217,7 +217,7 @@ def test_parity_mismatch_fails_the_stage(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("components.export.package.chat_template", lambda template: wrong)
     cfg = _cfg("export.parity_sample=1")
     with pytest.raises(ParityError) as err:
-        run_export_stage(cfg, model_dir=model_dir, out=str(tmp_path / "out"), eval_outputs={},
+        run_export(cfg, model_dir=model_dir, out=str(tmp_path / "out"), eval_outputs={},
                          pipeline_fingerprint="fp", mlflow=None, parity_max_new_tokens=2)
     assert "1 of 1 prompts differ" in str(err.value) and "prompt_text" in str(err.value)
     assert "input_ids" in str(err.value)
@@ -281,7 +281,7 @@ def test_s3_model_dir_and_output(s3_server, model_dir, tmp_path, monkeypatch):
     fs.mkdir("export-bucket")
     fs.put(model_dir + "/", "export-bucket/finetune/model/", recursive=True)
     cfg = _cfg("export.parity_sample=0")
-    metrics = run_export_stage(cfg, model_dir="s3://export-bucket/finetune/model", out="s3://export-bucket/export",
+    metrics = run_export(cfg, model_dir="s3://export-bucket/finetune/model", out="s3://export-bucket/export",
                                eval_outputs={}, pipeline_fingerprint="fp", mlflow=None)
     assert metrics["parity_checked"] == 0 and "parity_ok" not in metrics
     fs.invalidate_cache()

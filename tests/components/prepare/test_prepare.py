@@ -12,9 +12,9 @@ from PIL import Image
 
 from components.core import images
 from components.core.config import DataSource
+from components.prepare.dataset import prepare_dataset
 from components.prepare.pixels import PixelLoader, load_pixels, pixels_from_bytes
 from components.prepare.process import PrepareSettings
-from components.prepare.stage import prepare_dataset
 
 N_IMG = 16
 MAX_PIXELS = 400 * 400
@@ -235,7 +235,7 @@ def test_every_reason_accounted(prepared, corpus):
 def test_too_many_rejected_fails_loudly(ray_local, corpus, tokenizer, tmp_path):
     """A wrong image_root rejects every image record: the stage fails, naming the top reason, and
     rejected.jsonl still says what was dropped."""
-    from components.prepare.stage import TooManyRejected
+    from components.prepare.dataset import TooManyRejected
 
     root, _ = corpus
     tokenizer.save_pretrained(tmp_path / "tok")
@@ -247,9 +247,9 @@ def test_too_many_rejected_fails_loudly(ray_local, corpus, tokenizer, tmp_path):
 
 def test_over_length_policies(corpus, tokenizer):
     """Pure path (no Ray): an over-long conversation is truncated or rejected, counted either way."""
+    from components.prepare.dataset import source_infos
     from components.prepare.process import process_records
     from components.prepare.records import split_records
-    from components.prepare.stage import source_infos
 
     root, _ = corpus
     src = sources(root)[:1]
@@ -341,9 +341,9 @@ class BrokenOnMarker:
 
 def test_any_exception_is_that_records_rejection(corpus, tokenizer):
     """Pure path: an unexpected exception costs its own record only, with its type and message."""
+    from components.prepare.dataset import source_infos
     from components.prepare.process import process_records
     from components.prepare.records import RawRecord
-    from components.prepare.stage import source_infos
 
     root, _ = corpus
     src = sources(root)[:1]

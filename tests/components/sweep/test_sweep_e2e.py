@@ -20,7 +20,7 @@ import time
 import pytest
 
 from components.core.config import load_config
-from pipelines.run_cmd import run_pipeline
+from pipelines.engine.run_cmd import run_pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -148,11 +148,12 @@ def test_trials_are_nested_mlflow_runs_with_the_report(swept, mlflow_server):
 
 
 def _plan(overrides):
-    from pipelines.artifacts import storage_root
-    from pipelines.plan import plan_pipeline
+    from pipelines.engine.artifacts import storage_root
+    from pipelines.engine.plan import plan_pipeline
+    from pipelines.llava15 import LLAVA15
 
     cfg = load_config("tiny_sweep", overrides)
-    return {p.stage.name: p for p in plan_pipeline(cfg, storage_root(cfg)).planned}
+    return {p.stage.name: p for p in plan_pipeline(LLAVA15, cfg, storage_root(cfg)).planned}
 
 
 def test_auto_takes_the_best_trial_and_downstream_fingerprints_follow(swept):

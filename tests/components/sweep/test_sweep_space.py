@@ -18,7 +18,7 @@ def test_tiny_sweep_extends_tiny():
 
 
 def test_tiny_sweep_ranks_by_dev_accuracy_with_asha():
-    from components.sweep.run import dev_benchmark, sweep_metric
+    from components.sweep.stage import dev_benchmark, sweep_metric
 
     cfg = load_config("tiny_sweep")
     assert sweep_metric(cfg, dev_benchmark(cfg)) == "accuracy" and cfg.sweep.mode == "max"

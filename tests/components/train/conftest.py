@@ -78,7 +78,7 @@ def _subset(src, dst, n):
 def world(tmp_path_factory, ray_local):
     """(root, config overrides): a prepared subset of the tiny world (root/"prep"), shared by the session."""
     from components.core.config import load_config
-    from components.prepare.run import run_prepare
+    from components.prepare.stage import run_prepare
     from components.synth.world import generate_world
 
     root = tmp_path_factory.mktemp("train")

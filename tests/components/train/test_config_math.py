@@ -7,7 +7,7 @@ import pytest
 from components.core.config import load_config
 from components.train.engine import deepspeed_config
 from components.train.flops import FlopCounts, mfu, peak_flops
-from components.train.run import total_steps
+from components.train.stage import total_steps
 
 
 def test_deepspeed_auto_fields_come_from_the_stage():

@@ -33,11 +33,11 @@ def _fresh_model(cfg, root):
 @pytest.fixture(scope="module")
 def pretrained(world):
     from components.core.config import load_config
-    from components.train.run import run_training
+    from components.train.stage import run_train
 
     root, overrides = world
     cfg = load_config("tiny", overrides)
-    summary = run_training(cfg, "pretrain", prepared=str(root / "prep"), out=str(root / "out" / "pretrain"),
+    summary = run_train(cfg, "pretrain", prepared=str(root / "prep"), out=str(root / "out" / "pretrain"),
                            run_name="pretrain", storage_path=str(root / "runs"))
     return cfg, summary
 
@@ -76,9 +76,9 @@ def test_finetune_resumes_after_worker_failure_and_exports(world, pretrained, tm
     from transformers import LlavaForConditionalGeneration
 
     from components.core.config import load_config
+    from components.core.mlflow_target import MlflowTarget
     from components.models.assembly import load_llava
-    from components.tracking import MlflowTarget
-    from components.train.run import run_training
+    from components.train.stage import run_train
 
     root, overrides = world
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -89,7 +89,7 @@ def test_finetune_resumes_after_worker_failure_and_exports(world, pretrained, tm
     monkeypatch.setenv("LLAVA_EXPORT_PROBE", "1")
     cfg = load_config("tiny", overrides)
     out = root / "out" / "finetune"
-    summary = run_training(cfg, "finetune", prepared=str(root / "prep"), out=str(out), run_name="finetune",
+    summary = run_train(cfg, "finetune", prepared=str(root / "prep"), out=str(out), run_name="finetune",
                            storage_path=str(root / "runs"),
                            init_connector=str(root / "out" / "pretrain" / "connector.safetensors"),
                            mlflow=MlflowTarget(uri, run.info.run_id))
@@ -138,7 +138,7 @@ def test_lora_finetune_merges_into_a_loadable_model(world, pretrained, s3_server
     from components.core.config import load_config
     from components.models.assembly import load_llava
     from components.models.remote import localize
-    from components.train.run import run_training
+    from components.train.stage import run_train
 
     root, overrides = world
     s3 = s3fs.S3FileSystem()
@@ -146,7 +146,7 @@ def test_lora_finetune_merges_into_a_loadable_model(world, pretrained, s3_server
     monkeypatch.setenv("LLAVA_EXPORT_PROBE", "1")
     cfg = load_config("tiny", [*overrides, "finetune.lora={r: 8, alpha: 16, dropout: 0.05}",
                                "finetune.max_steps=3", "finetune.checkpoint_every=0"])
-    summary = run_training(cfg, "finetune", prepared=str(root / "prep"), out="s3://train-bucket/out/lora",
+    summary = run_train(cfg, "finetune", prepared=str(root / "prep"), out="s3://train-bucket/out/lora",
                            run_name="lora", storage_path="s3://train-bucket/runs",
                            init_connector=str(root / "out" / "pretrain" / "connector.safetensors"))
     print("lora losses", [round(x, 3) for x in summary["losses"]], f"fit {summary['fit_wall_time_s']:.1f}s")

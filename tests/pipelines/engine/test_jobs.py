@@ -24,10 +24,10 @@ import pytest
 
 from components.core.config import CONFIG_DIR
 from components.core.redact import redact
-from pipelines.cli import build_parser, main
-from pipelines.job_client import JobError, find_token
-from pipelines.jobs import PROJECT_ROOT, build_job_spec, resolve_tracking_uri
-from pipelines.tracking import ray_job_id
+from pipelines.engine.cli import build_parser, main
+from pipelines.engine.job_client import JobError, find_token
+from pipelines.engine.jobs import PROJECT_ROOT, build_job_spec, resolve_tracking_uri
+from pipelines.engine.tracking import ray_job_id
 
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAJOBSPECKEYID0001", "AWS_SECRET_ACCESS_KEY": "jobspec-secret-9f3a7c1e",
            "AWS_SESSION_TOKEN": "jobspec-session-5d2b", "MLFLOW_TRACKING_PASSWORD": "jobspec-mlflow-pw-77"}
@@ -63,7 +63,7 @@ def test_job_spec_carries_settings_not_secrets(clean_env, monkeypatch, tmp_path)
     assert spec.storage == root  # a relative root would land in the job's temporary working dir
 
     argv = shlex.split(spec.entrypoint)
-    assert argv[:4] == ["python", "-m", "pipelines.cli", "run"]
+    assert argv[:4] == ["python", "-m", "pipelines.engine.cli", "run"]
     args = build_parser().parse_args(argv[3:])
     assert args.config == "configs/tiny.yaml" and (PROJECT_ROOT / args.config).is_file()
     assert args.set == ["pretrain.max_steps=2", f"storage={root}"] and args.only == ["synth"]
@@ -103,7 +103,7 @@ def test_config_outside_project_is_refused(clean_env, tmp_path):
 
 def test_an_installed_copy_is_not_uploaded(clean_env, monkeypatch, tmp_path):
     """A non-editable install's folder is site-packages: submit refuses instead of uploading it."""
-    import pipelines.jobs as jobs
+    import pipelines.engine.jobs as jobs
 
     monkeypatch.setattr(jobs, "PROJECT_ROOT", tmp_path)
     with pytest.raises(JobError, match="run submit from a checkout installed with `pip install -e .`"):
@@ -193,8 +193,8 @@ def _submitted_id(out: str) -> str:
 @pytest.mark.e2e
 def test_the_nodes_share_no_disk(ray_cluster):
     """What the driver writes under /tmp is not there for a task, which runs on the other node."""
-    from pipelines.job_client import connect
-    from pipelines.jobs import wait_for
+    from pipelines.engine.job_client import connect
+    from pipelines.engine.jobs import wait_for
 
     marker = f"/tmp/driver-only-{os.getpid()}-{time.time_ns()}"
     code = "\n".join([
@@ -273,8 +273,8 @@ def test_submit_wait_runs_the_pipeline_on_two_nodes(ray_cluster, mlflow_server, 
 
 @pytest.mark.e2e
 def test_status_logs_stop_and_clear_errors(ray_cluster, clean_env, capsys, monkeypatch):
-    from pipelines.job_client import connect
-    from pipelines.jobs import wait_for
+    from pipelines.engine.job_client import connect
+    from pipelines.engine.jobs import wait_for
 
     url = ray_cluster.url
     assert main(["status", "whatever", "--address", url]) == 2  # clean_env: no token anywhere

@@ -26,7 +26,7 @@ from typing import Any
 
 from components.core import storage
 from components.core.config import PipelineConfig
-from components.tracking import MlflowTarget
+from components.core.mlflow_target import MlflowTarget
 
 from .report import best_json, heatmap_png, table_rows, to_csv, to_markdown
 from .space import TrialPoint, grid, point_for, rung_steps, trial_config
@@ -36,7 +36,7 @@ REPORTED = ("rung", "wall_s", "train_s", "eval_s", "pretrain_steps", "finetune_s
 
 
 @dataclass(frozen=True)
-class SweepJob:
+class SweepSetup:
     """What every trial needs (shipped to the trial processes)."""
 
     cfg: PipelineConfig
@@ -71,7 +71,7 @@ def sweep_metric(cfg: PipelineConfig, bench: Any) -> str:
     return metric
 
 
-def _trial_run(job: SweepJob, point: TrialPoint, trial_id: str) -> MlflowTarget | None:
+def _trial_run(job: SweepSetup, point: TrialPoint, trial_id: str) -> MlflowTarget | None:
     """The trial's nested MLflow run (under the sweep stage's run), with the point as params."""
     if job.mlflow is None:
         return None
@@ -100,7 +100,7 @@ def _decided(files: tuple[str, ...]) -> None:
             storage.write_bytes(storage.join(_GATE[0], name), b"")
 
 
-def _trainable(job: SweepJob) -> Any:
+def _trainable(job: SweepSetup) -> Any:
     """The trial as a Tune function trainable that tells its Train run what the scheduler decided.
 
     Tune calls `train()` for a trial's next result only when its scheduler let the trial continue, and `stop()`
@@ -148,14 +148,14 @@ def _await_decision(gate: str, rung: int, rank: int, timeout_s: float = 600.0) -
     return bool(go.item())
 
 
-def _trial(config: dict[str, Any], job: SweepJob) -> None:
+def _trial(config: dict[str, Any], job: SweepSetup) -> None:
     """Tune function trainable: one Ray Train run (proxy pretrain, then the finetune's rungs) reporting to Tune."""
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from components.train.data import ROW_COLUMNS, read_shards
-    from components.train.run import fit
+    from components.train.stage import fit
 
     class RungsToTune(TuneReportCallback):
         """Train → Tune for the rung reports only (the checkpoint reports carry step metrics)."""
@@ -191,7 +191,7 @@ def _trial_loop(config: dict[str, Any]) -> None:
     from components.train.recipe import plan
     from components.train.runtime import RayRuntime, StopRequested
 
-    job: SweepJob = config["job"]
+    job: SweepSetup = config["job"]
     point: TrialPoint = config["point"]
     target: MlflowTarget | None = config["mlflow"]
     cfg, sweep = job.cfg, job.cfg.sweep
@@ -245,15 +245,15 @@ def _trial_loop(config: dict[str, Any]) -> None:
         print(f"[sweep] {point.key}: {e}", flush=True)
 
 
-def _dev_value(job: SweepJob, tcfg: PipelineConfig, bench: Any, seg: str) -> float | None:
+def _dev_value(job: SweepSetup, tcfg: PipelineConfig, bench: Any, seg: str) -> float | None:
     """The dev benchmark's metric for the rung's model (rank 0; in this process on CPU)."""
-    from components.evaluate.stage import run_benchmarks
+    from components.evaluate.stage import run_evaluate
 
     dev = job.cfg.sweep.dev
     with storage.staged_dir(storage.join(seg, "eval")) as eval_out:
-        (result,) = run_benchmarks(
+        (result,) = run_evaluate(
             [bench.name], model_dir=storage.join(seg, "finetune", "model"),
-            eval_root=job.eval_root,  # as stored (maybe s3://): run_benchmarks fetches it on this node
+            eval_root=job.eval_root,  # as stored (maybe s3://): run_evaluate fetches it on this node
             out_dir=eval_out, template=job.cfg.evaluate.template, batch_size=dev.batch_size, num_actors=1,
             use_gpu=tcfg.finetune.use_gpu, limit=dev.limit,
             cpus_per_actor=max(1.0, job.cfg.sweep.resources.driver_cpus), in_process=not tcfg.finetune.use_gpu)
@@ -305,7 +305,7 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def _close_trial_runs(job: SweepJob, records: list[dict[str, Any]]) -> None:
+def _close_trial_runs(job: SweepSetup, records: list[dict[str, Any]]) -> None:
     """Tune kills a trial's process at its last report (or it failed), so the driver finishes each trial's
     MLflow run: status, ASHA decision, cost. Runs are found by their tags, also for trials that never reported."""
     if job.mlflow is None:
@@ -349,7 +349,7 @@ def run_sweep(cfg: PipelineConfig, *, prepared: str, eval_root: str, out: str, s
     for point in points:  # every trial config is valid before any trial starts
         trial_config(cfg, point)
     attempt = time.strftime("%Y%m%d-%H%M%S")
-    job = SweepJob(cfg=cfg, prepared=prepared, eval_root=eval_root, out=out,
+    job = SweepSetup(cfg=cfg, prepared=prepared, eval_root=eval_root, out=out,
                    train_storage=storage.join(storage_root, "ray_train"), run_prefix=f"sweep-{fingerprint}-{attempt}",
                    metric=metric, mlflow=mlflow)
     tune_storage = storage.join(storage_root, "ray_tune")

@@ -22,7 +22,7 @@ def latest_output(cfg: PipelineConfig, stage: str) -> str | None:
 def local_tokenizer(cfg: PipelineConfig) -> str:
     """The locally trained tokenizer of a config: from its latest prepare output, or trained now on the
     config's corpus (generating the synthetic world first when the config uses it)."""
-    from components.prepare.run import build_tokenizer, resolve_sources
+    from components.prepare.stage import build_tokenizer, resolve_sources
 
     prepared = latest_output(cfg, "prepare")
     if prepared:

@@ -1,4 +1,4 @@
-from pipelines.run_cmd import format_results
+from pipelines.engine.run_cmd import format_results
 
 
 def test_summary_shows_each_benchmarks_headline_and_skips():

@@ -16,12 +16,12 @@ from typing import Any
 
 from components.core import storage
 from components.core.config import PipelineConfig, TrainStageConfig
-from components.tracking import MlflowTarget
+from components.core.mlflow_target import MlflowTarget
 
 from .data import ROW_COLUMNS, read_shards
 from .recipe import DELAY_ENV, FAULT_ENV, PROBE_ENV, Stage, plan, total_steps, train_loop
 
-__all__ = ["fit", "prune_checkpoints", "run_training", "total_steps"]
+__all__ = ["fit", "prune_checkpoints", "run_train", "total_steps"]
 FORWARDED_ENV = (FAULT_ENV, PROBE_ENV, DELAY_ENV, "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR")
 
 
@@ -38,7 +38,7 @@ def prune_checkpoints(storage_path: str, run_name: str, keep: int) -> None:
         fs.rm(path, recursive=True)
 
 
-def run_training(
+def run_train(
     cfg: PipelineConfig,
     stage: Stage,
     *,

@@ -1,7 +1,7 @@
 """`llava-pipeline submit | status | logs | stop`: run the pipeline as a Ray Job on a cluster.
 
 `submit` uploads this project folder as the job's `working_dir` and runs
-`python -m pipelines.cli run <config> --set ...` there, so the cluster needs the project's dependencies
+`python -m pipelines.engine.cli run <config> --set ...` there, so the cluster needs the project's dependencies
 (the image in cluster/Dockerfile) but not the project itself, and the code that runs is the code uploaded.
 `python` is whatever the PATH of the cluster's `ray start` finds.
 
@@ -153,7 +153,7 @@ def build_job_spec(config: str, overrides: list[str], *, only: list[str] | None 
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri, root)
     submission_id = f"llava-{_slug(cfg.name)}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
-    args = ["python", "-m", "pipelines.cli", "run", rel_config]
+    args = ["python", "-m", "pipelines.engine.cli", "run", rel_config]
     kept = [o for o in overrides if o.split("=", 1)[0].strip() != "storage"]  # replaced by the resolved root
     for item in [*kept, f"storage={root}"]:
         args += ["--set", item]

@@ -4,12 +4,12 @@ import subprocess
 import sys
 import textwrap
 
-from pipelines.console import display_status
+from pipelines.engine.console import display_status
 
 SCRIPT = textwrap.dedent("""
     import os, subprocess, sys
     from pathlib import Path
-    from pipelines.console import captured
+    from pipelines.engine.console import captured
 
     with captured(Path(sys.argv[1]), verbose=sys.argv[2] == "1") as console:
         print("a library's print")

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.executor import MANIFEST, read_manifest
+from pipelines.engine.executor import MANIFEST, read_manifest
 
 pytestmark = pytest.mark.e2e
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]
 SMALL = ["data.synth.size=micro", "pretrain.max_steps=2", "finetune.max_steps=2", "evaluate.benchmarks=[gqa]",
          "evaluate.limit=8", "evaluate.blank_image_check=[]", "evaluate.parity_sample=0", "export.enabled=false"]
 
 
 def start_run(ray_local, *overrides: str, flags: tuple[str, ...] = ()) -> subprocess.Popen:
-    args = [sys.executable, "-m", "pipelines.cli", "run", "tiny", "--json", *flags]
+    args = [sys.executable, "-m", "pipelines.engine.cli", "run", "tiny", "--json", *flags]
     for item in [*SMALL, *overrides]:
         args += ["--set", item]
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}

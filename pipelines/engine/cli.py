@@ -10,8 +10,8 @@ from typing import Any
 
 from components.core.config import ConfigError, PipelineConfig, load_config
 from components.core.redact import redact
-from pipelines.executor import PipelineError
-from pipelines.job_client import JobError
+from pipelines.engine.executor import PipelineError
+from pipelines.engine.job_client import JobError
 
 
 def _config(args: argparse.Namespace) -> PipelineConfig:
@@ -34,7 +34,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def tokenizer_for(cfg: PipelineConfig, tokenizer_dir: str | None) -> Any:
     """The run's tokenizer: given folder, the checkpoint's, or the locally trained one (built if needed)."""
     from components.models.tokenizer import load_tokenizer
-    from pipelines.artifacts import local_tokenizer
+    from pipelines.engine.artifacts import local_tokenizer
 
     if tokenizer_dir:
         return load_tokenizer(tokenizer_dir)
@@ -44,7 +44,7 @@ def tokenizer_for(cfg: PipelineConfig, tokenizer_dir: str | None) -> Any:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipelines.inspect_sample import format_inspection, inspect_sample, load_sample
+    from pipelines.engine.inspect_sample import format_inspection, inspect_sample, load_sample
 
     cfg = _config(args)
     record, source = load_sample(args.sample, args.index)
@@ -54,7 +54,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.run_cmd import run_pipeline
+    from pipelines.engine.run_cmd import run_pipeline
 
     return run_pipeline(_config(args), only=args.only, from_=args.from_, force=args.force,
                         dry_run=args.dry_run, as_json=args.json, command=" ".join(sys.argv[1:]) or "run",
@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from pipelines.run_cmd import run_pipeline
+    from pipelines.engine.run_cmd import run_pipeline
 
     return run_pipeline(_config(args), only=[], from_=[], force=args.force, dry_run=True, as_json=args.json)
 
@@ -90,14 +90,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipelines.jobs import submit
+    from pipelines.engine.jobs import submit
 
     return submit(args.config, args.set, address=args.address, wait=args.wait, only=args.only, from_=args.from_,
                   force=args.force, poll_s=args.poll, timeout_s=args.timeout)
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    from pipelines import jobs
+    from pipelines.engine import jobs
 
     if args.command == "status":
         return jobs.show_status(args.job, address=args.address, as_json=args.json)

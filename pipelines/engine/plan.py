@@ -1,7 +1,7 @@
-"""The pipeline's plan, with `auto` resolved in a pre-pass.
+"""A pipeline's plan, with `auto` resolved in a pre-pass.
 
-A config with `model.connector: auto` (or `model.vision.image_size: auto`) takes those values from the
-sweep's best.json. The stages up to the sweep (its "head": synth, prepare, sweep) are planned, and run, with
+A config with `auto` values (in LLaVA-1.5: `model.connector: auto`, `model.vision.image_size: auto`) takes
+them from one stage's output (the sweep's best.json); `Pipeline` names that stage and how to resolve. The stages up to the sweep (its "head": synth, prepare, sweep) are planned, and run, with
 the config as written; then the config is resolved with the sweep's choices and the remaining stages (the
 "tail") are planned with it, as a plain DAG. Until the sweep has an output, the tail is `pending`: its
 fingerprints are known once the sweep has run. A config without `auto` is one plain plan (no head).
@@ -15,16 +15,28 @@ from typing import Any
 
 from components.core.config import PipelineConfig
 from components.core.redact import redact
-from components.sweep.space import auto_keys
 
 from .attempts import read_manifest
 from .executor import PipelineError, PlannedStage, Stage, execute, make_plan, selection
-from .llava15 import build_stages, resolve_from_sweep
 
 PENDING = "pending"  # the fingerprint of a stage whose config waits for the sweep's choice
-SOURCE = "sweep"  # the stage whose output resolves `auto`
 Build = Callable[[PipelineConfig], list[Stage]]
 Resolve = Callable[[PipelineConfig, str], tuple[PipelineConfig, dict[str, Any]]]
+
+
+def _no_auto(cfg: PipelineConfig) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What the engine knows of a pipeline: its stages for a config, and the stage whose output fills the
+    config's `auto` keys (`resolve`: the config with them filled from that output folder, and the choices)."""
+
+    build: Build
+    auto_keys: Callable[[PipelineConfig], list[str]] = _no_auto
+    auto_source: str = ""
+    resolve: Resolve | None = None
 
 
 def ancestors(stages: list[Stage], name: str) -> set[str]:
@@ -41,6 +53,7 @@ def ancestors(stages: list[Stage], name: str) -> set[str]:
 
 @dataclass
 class PipelinePlan:
+    pipeline: Pipeline
     cfg: PipelineConfig  # as written
     root: str
     stages: list[Stage]  # built from the config as written (names and edges are the same after resolving)
@@ -49,8 +62,6 @@ class PipelinePlan:
     resolved: PipelineConfig | None = None  # the config the tail runs with
     chosen: tuple[set[str], set[str]] = (set(), set())  # (wanted, forced) over all stages
     head_done: bool = False  # set by the runner once the head has run (its output is then the one to use)
-    build: Build = build_stages
-    resolve: Resolve = resolve_from_sweep
 
     @property
     def planned(self) -> list[PlannedStage]:
@@ -67,41 +78,43 @@ class PipelinePlan:
         wanted, forced = self.chosen
         rest = [s for s in self.stages if s.name not in head_names]
         manifest = read_manifest(source.out)  # after the head has run, its output is there
+        keys, name = ", ".join(self.pipeline.auto_keys(self.cfg)), source.stage.name
         if manifest is None or (source.action == "run" and not self.head_done):
             if source.action == "skip" and manifest is None and any(s.name in wanted for s in rest):
                 raise PipelineError(
-                    f"{', '.join(auto_keys(self.cfg))} is auto: it takes the sweep's best value, but the sweep's "
-                    f"output (fingerprint {source.fingerprint}) does not exist; run `llava-pipeline run --from "
-                    f"sweep` (or without --only/--from) first")
-            why = f"{', '.join(auto_keys(self.cfg))} auto: fingerprint known once the sweep has run"
+                    f"{keys} is auto: it takes the {name}'s best value, but the {name}'s output (fingerprint "
+                    f"{source.fingerprint}) does not exist; run `llava-pipeline run --from {name}` (or without "
+                    f"--only/--from) first")
+            why = f"{keys} auto: fingerprint known once the {name} has run"
             self.tail = [PlannedStage(s, PENDING, {}, "", "run" if s.name in wanted else "skip",
                                       [why] if s.name in wanted else ["not selected"], forced=s.name in forced)
                          for s in rest]
             return
-        self.resolved, choices = self.resolve(self.cfg, source.out)
-        rest = [s for s in self.build(self.resolved) if s.name not in head_names]
+        assert self.pipeline.resolve is not None
+        self.resolved, choices = self.pipeline.resolve(self.cfg, source.out)
+        rest = [s for s in self.pipeline.build(self.resolved) if s.name not in head_names]
         self.tail = make_plan(self.resolved, rest, self.root, chosen=self.chosen, upstream=self.head)
         for p in self.tail:
-            p.choices, p.choices_from = dict(choices), f"{SOURCE} {source.fingerprint}"
+            p.choices, p.choices_from = dict(choices), f"{name} {source.fingerprint}"
 
 
-def plan_pipeline(cfg: PipelineConfig, root: str, *, only: list[str] | None = None, from_: list[str] | None = None,
-                  force: list[str] | None = None, build: Build = build_stages,
-                  resolve: Resolve = resolve_from_sweep) -> PipelinePlan:
+def plan_pipeline(pipeline: Pipeline, cfg: PipelineConfig, root: str, *, only: list[str] | None = None,
+                  from_: list[str] | None = None, force: list[str] | None = None) -> PipelinePlan:
     """The plan for `run`/`plan`. With `auto`, the head is planned first and the tail after it (pending
-    when the sweep has yet to run); call `plan_tail()` again once the head has run."""
-    stages = build(cfg)
-    chosen = selection(stages, only=only, from_=from_, force=force)
-    if not auto_keys(cfg) or SOURCE not in {s.name for s in stages}:
-        return PipelinePlan(cfg, root, stages, make_plan(cfg, stages, root, chosen=chosen), chosen=chosen)
-    head_names = ancestors(stages, SOURCE) | {SOURCE}
+    when the source stage has yet to run); call `plan_tail()` again once the head has run."""
+    stages = pipeline.build(cfg)
+    source = pipeline.auto_source
+    if not pipeline.auto_keys(cfg) or source not in {s.name for s in stages}:
+        chosen = selection(stages, only=only, from_=from_, force=force)
+        return PipelinePlan(pipeline, cfg, root, stages, make_plan(cfg, stages, root, chosen=chosen), chosen=chosen)
+    head_names = ancestors(stages, source) | {source}
     head_stages = [s for s in stages if s.name in head_names]
-    # For --from/--force, the stages after the sweep are downstream of it: they run with its choice.
-    linked = [s if s.name in head_names else replace(s, deps=(*s.deps, SOURCE)) for s in stages]
+    # For --from/--force, the stages after the source are downstream of it: they run with its choice.
+    linked = [s if s.name in head_names else replace(s, deps=(*s.deps, source)) for s in stages]
     chosen = selection(linked, only=only, from_=from_, force=force)
     wanted, forced = chosen
     head = make_plan(cfg, head_stages, root, chosen=(wanted & head_names, forced & head_names))
-    plan = PipelinePlan(cfg, root, stages, head, chosen=chosen, build=build, resolve=resolve)
+    plan = PipelinePlan(pipeline, cfg, root, stages, head, chosen=chosen)
     plan.plan_tail()
     return plan
 

@@ -7,7 +7,7 @@ import pytest
 
 from components.core.config import load_config
 from components.core.fingerprint import explain, fingerprint, stage_inputs
-from pipelines.executor import MANIFEST, PipelineError, Stage, execute, make_plan
+from pipelines.engine.executor import MANIFEST, PipelineError, Stage, execute, make_plan
 
 CALLS: list[str] = []
 
@@ -138,7 +138,7 @@ def test_a_second_run_waits_for_the_first_and_takes_its_output(tmp_path, monkeyp
     import threading
 
     from components.core.lease import Lease
-    from pipelines import attempts
+    from pipelines.engine import attempts
 
     monkeypatch.setattr(attempts, "LEASE_POLL_S", 0.01)
     refused = threading.Event()

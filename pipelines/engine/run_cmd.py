@@ -2,7 +2,7 @@
 
 stdout is for results: the plan, one line per stage as it starts and ends, the final table (or, with
 `--json`, exactly one JSON object and nothing else). What Ray, DeepSpeed and transformers print goes to
-`{storage}/logs/<time>-<pid>-run.log` (`-v`: also live on stderr); see `pipelines.console`.
+`{storage}/logs/<time>-<pid>-run.log` (`-v`: also live on stderr); see `pipelines.engine.console`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from components.core.config import PipelineConfig
 from components.core.redact import redact, redact_json
 
+from ..llava15 import LLAVA15
 from .artifacts import storage_root
 from .console import Console, captured, display_status, log_file, publish_log
 from .executor import PlannedStage
@@ -110,7 +111,7 @@ def run_pipeline(
 ) -> int:
     root = storage_root(cfg)
     with contextlib.redirect_stdout(sys.stderr):  # whatever a library prints while planning is not a result
-        pipeline = plan_pipeline(cfg, root, only=only, from_=from_, force=force)
+        pipeline = plan_pipeline(LLAVA15, cfg, root, only=only, from_=from_, force=force)
     plan = pipeline.planned
     if dry_run:
         if as_json:

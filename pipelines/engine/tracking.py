@@ -20,8 +20,8 @@ import yaml
 from components.core import storage
 from components.core.config import PipelineConfig, deepspeed_config_path
 from components.core.fingerprint import flatten
+from components.core.mlflow_target import MlflowTarget
 from components.core.redact import redact, redact_json
-from components.tracking import MlflowTarget
 
 from .console import display_status
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from components.core.config import load_config
-from pipelines.executor import MANIFEST, PipelineError, Stage
-from pipelines.llava15 import build_stages
-from pipelines.plan import PENDING, plan_pipeline, run_plan
+from components.sweep.space import auto_keys
+from pipelines.engine.executor import MANIFEST, PipelineError, Stage
+from pipelines.engine.plan import PENDING, Pipeline, plan_pipeline, run_plan
+from pipelines.llava15 import LLAVA15, build_stages, resolve_from_sweep
 
 BEST = {"connector": "linear"}
 CALLS: list[tuple[str, str]] = []
@@ -55,7 +56,7 @@ def dag(cfg=None):
 
 
 def plan_of(cfg, root, **kw):
-    return plan_pipeline(cfg, str(root), build=dag, **kw)
+    return plan_pipeline(Pipeline(dag, auto_keys, "sweep", resolve_from_sweep), cfg, str(root), **kw)
 
 
 def run(cfg, root, tracker=None, **kw):
@@ -149,7 +150,7 @@ def test_failed_sweep_blocks_everything_waiting_for_it(cfg, tmp_path, monkeypatc
 def test_the_choice_is_recorded_on_the_stage_run(cfg, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.tracking import PipelineTracker
+    from pipelines.engine.tracking import PipelineTracker
 
     cfg = load_config("tiny_sweep", [f"storage={tmp_path}", f"tracking.tracking_uri=sqlite:///{tmp_path}/m.db"])
     tracker = PipelineTracker(cfg, str(tmp_path), "run")
@@ -168,8 +169,8 @@ def test_the_pipeline_has_a_head_only_when_something_is_auto(tmp_path):
     stages = {s.name: s for s in build_stages(load_config("tiny_sweep"))}
     assert list(stages)[:5] == ["synth", "prepare", "sweep", "pretrain", "finetune"]
     assert stages["sweep"].deps == ("prepare", "synth")
-    auto = plan_pipeline(load_config("tiny_sweep"), str(tmp_path))
+    auto = plan_pipeline(LLAVA15, load_config("tiny_sweep"), str(tmp_path))
     assert [p.stage.name for p in auto.head] == ["synth", "prepare", "sweep"] and auto.pending
-    fixed = plan_pipeline(load_config("tiny_sweep", ["model.connector=linear", "model.vision.image_size=56"]),
+    fixed = plan_pipeline(LLAVA15, load_config("tiny_sweep", ["model.connector=linear", "model.vision.image_size=56"]),
                           str(tmp_path))
     assert "sweep" in {p.stage.name for p in fixed.head} and fixed.tail == [] and not fixed.pending

@@ -11,10 +11,10 @@ within this project, derived from the source). See components/core/fingerprint.p
 A stage body gets a view of the config with only the keys it declares (components/core/config_view.py):
 reading another key fails loudly, so what a stage reads and what it is fingerprinted on cannot drift.
 
-One run of a stage at a time, and outputs committed atomically: see pipelines/attempts.py.
+One run of a stage at a time, and outputs committed atomically: see pipelines/engine/attempts.py.
 
 The executor is a plain DAG runner: a config's `auto` values are resolved before it plans the stages that
-use them (pipelines/plan.py), so every stage it sees has a fixed config.
+use them (pipelines/engine/plan.py), so every stage it sees has a fixed config.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from components.core import storage
 from components.core.config import PipelineConfig
 from components.core.config_view import ConfigView, view
 from components.core.fingerprint import code_version, explain, fingerprint, flatten, path_digest, stage_inputs
-from components.tracking import MlflowTarget
+from components.core.mlflow_target import MlflowTarget
 
 from .attempts import MANIFEST, commit, parse_manifest, read_manifest, start_attempt, take_lease
 
@@ -79,7 +79,7 @@ class PlannedStage:
     why: list[str] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
     cfg: PipelineConfig | None = None  # the config the stage runs with (`auto` resolved)
-    choices: dict[str, Any] = field(default_factory=dict)  # `auto` values it runs with (pipelines/plan.py)
+    choices: dict[str, Any] = field(default_factory=dict)  # `auto` values it runs with (pipelines/engine/plan.py)
     choices_from: str = ""  # "<stage> <fingerprint>" that made the choices
     forced: bool = False
 

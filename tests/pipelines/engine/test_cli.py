@@ -1,6 +1,6 @@
 import json
 
-from pipelines.cli import main
+from pipelines.engine.cli import main
 
 SAMPLE = {"id": "x", "image": "a.jpg", "conversations": [
     {"from": "human", "value": "What colour is the shape?\n<image>"}, {"from": "gpt", "value": "red"},

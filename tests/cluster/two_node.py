@@ -178,22 +178,29 @@ def _start_head(env: dict[str, str], temp_dir: str, num_cpus: int) -> tuple[subp
     return proc, f"http://127.0.0.1:{dash}", gcs
 
 
-def _image_paths_under_home(home: str) -> list[str]:
-    """What a cluster image would hold but lives under ~ here (a pyenv Python, say): kept visible."""
-    home = os.path.realpath(home)
+def _image_paths(hidden: list[str]) -> list[str]:
+    """What a cluster image would hold but lives under a folder the worker must not share here (a pyenv Python
+    under ~, a checkout and its venv under /tmp on a CI machine): kept visible, outermost paths only."""
+    roots = [os.path.realpath(h) for h in hidden]
     paths = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, Path(__file__).parents[2])}
-    return sorted(p for p in paths if p.startswith(home + os.sep))
+    under = sorted(p for p in paths if any(p == r or p.startswith(r + os.sep) for r in roots))
+    return [p for p in under if not any(p.startswith(q + os.sep) for q in under if q != p)]
+
+
+# Where the kept paths wait while /tmp and ~ are covered (outside both; only this namespace sees the mounts).
+STAGE = "/var/tmp/llava-two-node-mounts"
 
 
 def _mount_script(home: str) -> str:
-    """Private tmpfs over /tmp and ~, the image's paths under ~ bound back in, then exec `ray start` in that
+    """Private tmpfs over /tmp and ~, the image's paths there bound back in, then exec `ray start` in that
     namespace (no fork: the PID we hold is the node's `ray start --block`)."""
     q = shlex.quote
-    keep = _image_paths_under_home(home)
-    lines = ["set -e", "mount -t tmpfs -o mode=1777 tmpfs /tmp"]
-    lines += [f"mkdir -p /tmp/.image{i} && mount --bind {q(p)} /tmp/.image{i}" for i, p in enumerate(keep)]
+    keep = _image_paths(["/tmp", home])
+    lines = ["set -e"]
+    lines += [f"mkdir -p {STAGE}/{i} && mount --bind {q(p)} {STAGE}/{i}" for i, p in enumerate(keep)]
+    lines.append("mount -t tmpfs -o mode=1777 tmpfs /tmp")
     lines.append(f"mount -t tmpfs -o mode=0700 tmpfs {q(home)}")
-    lines += [f"mkdir -p {q(p)} && mount --move /tmp/.image{i} {q(p)}" for i, p in enumerate(keep)]
+    lines += [f"mkdir -p {q(p)} && mount --move {STAGE}/{i} {q(p)}" for i, p in enumerate(keep)]
     lines.append('exec "$@"')
     return "\n".join(lines)
 

@@ -288,6 +288,8 @@ def read_jsonl(path: Path, rejected: Rejected | None = None) -> list[tuple[int, 
             problem = "" if isinstance(obj, dict) else "expected a JSON object"
         except json.JSONDecodeError as e:
             problem = f"not valid JSON ({e})"
+        except RecursionError:  # a hostile line of nested brackets: that line's problem, not a crash
+            problem = "not valid JSON (nested too deeply to parse)"
         if not problem:
             rows.append((lineno, obj))
             continue

@@ -67,3 +67,12 @@ def test_sqa_records_are_rejected_one_by_one(tmp_path: Path) -> None:
     messages = " | ".join(r["message"] for r in qs.rejected)
     assert "[4] (id x): 'conversations' should start" in messages and "[5]: missing field 'id'" in messages
     assert "[6]: expected a JSON object, got str" in messages
+
+
+def test_a_deeply_nested_line_is_one_rejection(tmp_path: Path) -> None:
+    path = tmp_path / "gqa" / "llava_gqa_testdev_balanced.jsonl"
+    path.parent.mkdir()
+    path.write_text("\n".join([line(GOOD), line({**GOOD, "question_id": 2}), "[" * 100_000]) + "\n")
+    qs = get_benchmark("gqa").load_questions(path.parent)
+    assert len(qs) == 2 and [r["where"] for r in qs.rejected] == [f"{path}:3"]
+    assert "nested too deeply" in qs.rejected[0]["message"]

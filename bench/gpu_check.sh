@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: our training step vs the plain-transformers anchor, side by side, on the anchor's fixed shape
-# (16 x 1024) and on LLaVA-1.5's pretrain/finetune length mixes; one table on stdout, JSON and logs in $OUT.
+# (16 x 1024) and on LLaVA-1.5's pretrain/finetune length mixes; one table on stdout, JSON and logs in $OUT,
+# with where a fixed-shape step goes (forward / backward / update, kernel time by kind; profiler tables in $OUT).
 #
 #   GPU (fresh machine, the kit from ../shared/gpu/build-kit.sh carried as .gpukit):
 #       bash bench/gpu_check.sh                       # budget: BUDGET_S seconds in all (default 540)
@@ -47,8 +48,8 @@ run() {  # run NAME MIN_SECONDS ARGS...: one case, skipped when less than MIN_SE
 }
 
 run loader 20 --case loader
-run anchor 60 --case anchor
-run ours-z2 120 --case ours-z2
+run anchor 60 --case anchor --profile
+run ours-z2 120 --case ours-z2 --profile
 # Exactness of the GPU route (flex attention on packed rows = sdpa on padded rows, loss and gradients).
 if [ $((BUDGET_S - (SECONDS - START))) -gt 60 ]; then
   echo "== packing exactness on $DEVICE"
@@ -56,6 +57,8 @@ if [ $((BUDGET_S - (SECONDS - START))) -gt 60 ]; then
     tests/components/train/test_packing.py tests/components/train/test_loss.py >"$OUT/exactness.log" 2>&1
   rc=$?; grep -E "passed|failed|SKIPPED|^FAILED" "$OUT/exactness.log"; [ $rc -ne 0 ] && FAILED+=("exactness(rc $rc)")
 fi
+# torch.compile of the language model (the recipe's compile_llm; off by default until this row says it pays).
+run ours-z2-compile 90 --case ours-z2 --label ours-z2-compile --fixed-only --compile --profile
 run ours-z3 60 --case ours-z3 --fixed-only
 # Single device: bigger buckets (DeepSpeed's own 5e8 instead of h²) and no overlap stream to hide copies behind.
 run ours-z2-buckets 60 --case ours-z2 --label ours-z2-buckets5e8-nooverlap --fixed-only \

@@ -10,6 +10,10 @@ Model: CLIP ViT-L/14-336 + a TinyLlama-1.1B-shaped Llama (vocab 32000), random i
   fixed shape padded and packed (the GPU default: flex attention), the finetune mix padded and packed, the
   pretrain mix packed: the anchor's micro-batches. `--ds KEY=VALUE` varies the DeepSpeed config.
 - `ours-z3`: the fixed shape under ZeRO-3 (the paper's finetune setting), packed.
+- `--compile`: ours with the language model under torch.compile (the recipe's `compile_llm`).
+- `--profile`: on the fixed shape, each step's time split into forward / backward / update (synchronised, so
+  nothing overlaps), and torch.profiler's kernels of three steps summed by kind (matmul, attention, loss,
+  optimizer, communication and copies, the rest): where the gap to the anchor goes. Written beside --json.
 - `loader`: the training loader's per-sample work (JPEG decode, pad to square, resize to 336) in one process:
   samples/s per CPU core, to set beside the GPU's samples/s.
 
@@ -70,6 +74,35 @@ TINY = {"vision": {"image_size": 28, "patch_size": 14, "hidden_size": 32, "num_l
                 "max_position_embeddings": 512},
         "vocab": 1000, "fixed_batch": 2, "fixed_seq": 24, "max_length": 64, "batch": {"pretrain": 4, "finetune": 4},
         "steps": 2, "mix_batches": 3}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One training step in its three phases, so they can be timed apart."""
+    forward: Callable[[dict[str, Any]], torch.Tensor]  # inputs → loss
+    backward: Callable[[torch.Tensor], None]
+    update: Callable[[], None]  # optimizer step, gradients cleared
+
+    def __call__(self, inputs: dict[str, Any]) -> None:
+        self.backward(self.forward(inputs))
+        self.update()
+
+
+# Kernel (GPU) or operator (CPU) names → what they do; the first match wins, the rest is "other".
+KINDS = [
+    ("attention", ("flash", "fmha", "attention", "sdpa", "flex", "triton_tem")),
+    ("loss", ("cross_entropy", "log_softmax", "nll_loss", "softmax_backward")),
+    ("optimizer", ("adam", "foreach", "multi_tensor")),
+    ("matmul", ("gemm", "matmul", "aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "cutlass", "xmma",
+                "nvjet", "sm90_", "sm80_", "ampere_", "cublas")),
+    ("comm+copy", ("nccl", "c10d::", "memcpy", "memset", "copy", "aten::cat", "clone", "all_reduce", "reduce_scatter",
+                   "allgather", "fill", "zero_")),
+]
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KINDS if any(k in low for k in keys)), "other")
 
 
 @dataclass(frozen=True)
@@ -163,13 +196,15 @@ def measured_peak_tflops(device: str) -> float | None:
 class Bench:
     """One process's model, data and timing for the given shape and device."""
 
-    def __init__(self, shape: dict[str, Any], device: str) -> None:
+    def __init__(self, shape: dict[str, Any], device: str, *, compile_llm: bool = False,
+                 profile: bool = False, profile_table: str | None = None) -> None:
         from components.core.config import load_config
         from components.models.assembly import num_image_tokens
         from components.models.tokenizer import image_token_id
         from components.train.collate import CollateSpec
 
         self.shape, self.device = shape, device
+        self.compile_llm, self.profile, self.profile_table = compile_llm, profile, profile_table
         self.bf16 = device == "cuda"
         overrides = [f"model.vision.random_init.{k}={x}" for k, x in shape["vision"].items()]
         overrides += [f"model.llm.random_init.{k}={x}" for k, x in shape["llm"].items()]
@@ -189,12 +224,15 @@ class Bench:
     def fresh_model(self) -> Any:
         """The model as build_model makes it, on the device (a new one per DeepSpeed engine: an engine's
         hooks stay on the parameters it wrapped)."""
-        from components.models.assembly import build_model
+        from components.models.assembly import build_model, compile_language_model
 
         self.model = None  # free the old one first
         gc.collect()
         dtype = torch.bfloat16 if self.bf16 else torch.float32
-        return build_model(self.cfg.model, self.tok, dtype=dtype, seed=0).to(self.device)
+        model = build_model(self.cfg.model, self.tok, dtype=dtype, seed=0).to(self.device)
+        if self.compile_llm:
+            compile_language_model(model)
+        return model
 
     def stage(self, name: str, zero: int, batch: int, packed: bool) -> Any:
         """The stage config the recipe would run (one worker, accumulation 1, no activation checkpointing)."""
@@ -221,7 +259,7 @@ class Bench:
                               self.spec.image_size, rng)
                 for group in grouped_batches(samples, batch, count, seed=2)]
 
-    def time(self, step: Callable[[dict[str, Any]], None], batches: list[Any], spec: Any, steps: int,
+    def time(self, step: Step, batches: list[Any], spec: Any, steps: int,
              llm_trained: bool, ensure_image: bool) -> dict[str, Any]:
         """Warm up on the first two batches, then time `steps` steps cycling through the rest.
         `ensure_image`: all-text batches carry a blank image, as the recipe's do (DeepSpeed needs every rank
@@ -254,6 +292,52 @@ class Bench:
                 "mfu_useful": tflops / self.peak if self.peak else None,
                 "max_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if self.device == "cuda" else None}
 
+    def phases(self, step: Step, batches: list[Any], spec: Any, ensure_image: bool) -> dict[str, Any]:
+        """Mean seconds per phase over a few steps, synchronised after each phase (no overlap), and the
+        profiler's kernel time of three steps summed by kind; the full table goes to `profile_table`."""
+        from torch.profiler import ProfilerActivity, profile
+
+        from components.train.collate import collate
+
+        sync = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
+        inputs = [collate(*rows, spec, device=self.device, ensure_image=ensure_image) for rows in batches[:3]]
+        step(inputs[0])  # warm
+        sync()
+        spent = {"forward": 0.0, "backward": 0.0, "update": 0.0}
+        for x in inputs:
+            t = time.perf_counter()
+            loss = step.forward(x)
+            sync()
+            spent["forward"] += time.perf_counter() - t
+            t = time.perf_counter()
+            step.backward(loss)
+            sync()
+            spent["backward"] += time.perf_counter() - t
+            t = time.perf_counter()
+            step.update()
+            sync()
+            spent["update"] += time.perf_counter() - t
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for x in inputs:
+                step(x)
+            sync()
+        events = prof.key_averages()
+        # Kernels on GPU; on CPU the self time of aten and c10d operators (their sum: the CPU's busy time).
+        attr = "self_device_time_total" if self.device == "cuda" else "self_cpu_time_total"
+        by_kind: dict[str, float] = {}
+        for e in events:
+            us = getattr(e, attr, 0) or 0
+            if us > 0 and (self.device == "cuda" or e.key.startswith(("aten::", "c10d::"))):
+                by_kind[kind_of(e.key)] = by_kind.get(kind_of(e.key), 0.0) + us
+        total = sum(by_kind.values()) or 1.0
+        if self.profile_table:
+            sort = "self_cuda_time_total" if self.device == "cuda" else "self_cpu_time_total"
+            Path(self.profile_table).write_text(events.table(sort_by=sort, row_limit=40))
+        return {"phase_s": {k: v / len(inputs) for k, v in spent.items()},
+                "kernel_share": {k: v / total for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+                "kernel_s": total / 1e6 / len(inputs)}
+
     def useful_flops(self, lengths: list[int], images: int, llm_trained: bool) -> float:
         """The anchor's FLOP formula over the samples' own tokens (see the module doc)."""
         llm = self.shape["llm"]
@@ -279,7 +363,7 @@ def anchor_case(bench: Bench) -> list[dict[str, Any]]:
     model.train()
     results = []
 
-    def trainer(stage: str) -> Callable[[dict[str, Any]], None]:
+    def trainer(stage: str) -> Step:
         model.requires_grad_(False)  # pretrain: the projector only; finetune: projector + LLM, tower frozen
         model.model.multi_modal_projector.requires_grad_(True)
         if stage == "finetune":
@@ -288,15 +372,17 @@ def anchor_case(bench: Bench) -> list[dict[str, Any]]:
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-5, fused=bench.device == "cuda")
 
-        def step(inputs: dict[str, Any]) -> None:
-            model(**inputs).loss.backward()
+        def update() -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
-        return step
+        return Step(lambda inputs: model(**inputs).loss, lambda loss: loss.backward(), update)
 
     step = trainer("finetune")
     measure(results, {"case": "anchor", "shape": "fixed", "packed": False}, lambda: bench.time(
         step, bench.fixed_batches(), bench.spec, bench.shape["steps"], True, False))
+    if bench.profile:
+        measure(results, {"case": "anchor", "shape": "fixed", "packed": False, "profile": True},
+                lambda: bench.phases(step, bench.fixed_batches(), bench.spec, False))
     for stage in ("finetune", "pretrain"):
         step = trainer(stage)
         measure(results, {"case": "anchor", "shape": f"mix-{stage}", "packed": False}, lambda: bench.time(
@@ -340,11 +426,8 @@ def ours_case(bench: Bench, zero: int, ds_overrides: dict[str, Any], mixes: bool
         engine.train()
         return engine
 
-    def step_of(engine: Any) -> Callable[[dict[str, Any]], None]:
-        def step(inputs: dict[str, Any]) -> None:
-            engine.backward(supervised_loss(engine, inputs))
-            engine.step()
-        return step
+    def step_of(engine: Any) -> Step:
+        return Step(lambda inputs: supervised_loss(engine, inputs), engine.backward, engine.step)
 
     # Padded rows first: they need no compiled kernel, so a flex-attention failure still leaves them.
     step = step_of(engine_for("finetune", bench.shape["fixed_batch"]))
@@ -354,6 +437,9 @@ def ours_case(bench: Bench, zero: int, ds_overrides: dict[str, Any], mixes: bool
                 lambda: bench.time(step, fixed, bench.spec, steps, True, True))
     measure(results, {"case": label, "shape": "fixed", "packed": True},
             lambda: bench.time(step, fixed, packed, steps, True, True))
+    if bench.profile:
+        measure(results, {"case": label, "shape": "fixed", "packed": True, "profile": True},
+                lambda: bench.phases(step, fixed, packed, True))
     if not mixes:
         return results
     finetune = bench.mix_batches("finetune")
@@ -389,12 +475,13 @@ def loader_case(n: int, image_size: int) -> list[dict[str, Any]]:
 
 def format_table(results: list[dict[str, Any]]) -> str:
     """One line per measurement, ratios against the anchor on the same shape, and the loader's cores per GPU."""
-    anchor = {r["shape"]: r for r in results if r["case"] == "anchor" and "error" not in r}
+    anchor = {r["shape"]: r for r in results if r["case"] == "anchor" and "error" not in r and not r.get("profile")}
     loader = next((r for r in results if r["case"] == "loader"), None)
     lines = [f"{'case':<34} {'shape':<13} {'packed':<6} {'useful tok/s':>12} {'useful':>6} {'samples/s':>9} "
              f"{'MFU':>5} {'mem GB':>7} {'vs anchor':>9}"]
+    profiles = [r for r in results if r.get("profile")]
     for r in results:
-        if r["case"] == "loader":
+        if r["case"] == "loader" or r.get("profile"):
             continue
         if "error" in r:
             lines.append(f"{r['case']:<34} {r['shape']:<13} {str(r['packed']).lower():<6} failed: {r['error']}")
@@ -406,11 +493,21 @@ def format_table(results: list[dict[str, Any]]) -> str:
                      f"{r['useful_tokens_per_s']:>12,.0f} {r['useful_share']:>6.0%} {r['samples_per_s']:>9.1f} "
                      f"{'-' if mfu is None else f'{mfu:.0%}':>5} {'-' if mem is None else f'{mem:.1f}':>7} "
                      f"{'-' if ratio is None else f'{ratio:.2f}x':>9}")
+    if profiles:
+        lines.append("where a fixed-shape step goes (phases synchronised; kernel time by kind):")
+    for r in profiles:
+        layout = "packed" if r.get("packed") else "padded"
+        if "error" in r:
+            lines.append(f"  {r['case']} {layout}: failed: {r['error']}")
+            continue
+        phases = " ".join(f"{k} {v * 1e3:.0f}" for k, v in r["phase_s"].items())
+        kinds = " ".join(f"{k} {v:.0%}" for k, v in r["kernel_share"].items())
+        lines.append(f"  {r['case']} {layout}: ms {phases}; kernels {r['kernel_s'] * 1e3:.0f} ms: {kinds}")
     if loader:
         lines.append(f"loader: {loader['samples_per_cpu_s']:.1f} samples/s per CPU core ({loader['images']} "
                      f"640x480 JPEGs → {loader['shape']})")
         for r in results:
-            if r["case"] != "anchor" and r["shape"].startswith("mix") and "error" not in r:
+            if r["case"] != "anchor" and r["shape"].startswith("mix") and "error" not in r and not r.get("profile"):
                 layout = "packed" if r.get("packed") else "padded"
                 lines.append(f"  {r['case']} {r['shape']} {layout}: {r['samples_per_s']:.1f} samples/s on the GPU needs "
                              f"{r['samples_per_s'] / loader['samples_per_cpu_s']:.2f} loader cores")
@@ -426,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="ours: override a DeepSpeed config value, e.g. zero_optimization.reduce_bucket_size=5e8")
     p.add_argument("--label", help="the case's name in the table (default: --case)")
     p.add_argument("--fixed-only", action="store_true", help="ours: the fixed shape only")
+    p.add_argument("--compile", action="store_true", help="ours: torch.compile the language model")
+    p.add_argument("--profile", action="store_true",
+                   help="fixed shape: time per phase and kernel time by kind; the profiler table beside --json")
     p.add_argument("--loader-n", type=int, default=200)
     p.add_argument("--json", help="write the results (a list) here")
     p.add_argument("--table", nargs="*", help="print the table of these result files and exit")
@@ -440,7 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.case == "loader":
         results = loader_case(args.loader_n, shape["vision"]["image_size"])
     else:
-        bench = Bench(shape, device)
+        if args.compile and args.case == "anchor":
+            p.error("--compile is for our cases")
+        table = str(Path(args.json).with_suffix(".profile.txt")) if args.profile and args.json else None
+        bench = Bench(shape, device, compile_llm=args.compile, profile=args.profile, profile_table=table)
         if args.case == "anchor":
             results = anchor_case(bench)
         else:

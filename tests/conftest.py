@@ -1,4 +1,4 @@
-"""Shared fixtures: a small Llama-style tokenizer trained once per session."""
+"""Shared fixtures: a small Llama-style tokenizer trained once per session, local services, data helpers."""
 
 from __future__ import annotations
 
@@ -23,6 +23,21 @@ def tokenizer(tmp_path_factory):
     texts = [" ".join(rng.choice(WORDS) for _ in range(10)) + rng.choice(".?!") for _ in range(800)]
     texts += [VICUNA_SYSTEM, "USER: ASSISTANT:", "Answer the question using a single word or phrase."]
     return train_tokenizer(texts, 400, tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def subset_json():
+    """subset_json(src, dst, n) -> dst: the first n records of the JSON list file `src`, written to `dst`
+    (a smaller training set cut from the synthetic world)."""
+    import json
+    from pathlib import Path
+
+    def subset(src: Path, dst: Path, n: int) -> Path:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text(json.dumps(json.loads(src.read_text())[:n]))
+        return dst
+
+    return subset
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components.core.jsonl import DEFAULT_MAX_LINE_BYTES
+
 
 class ConfigError(ValueError):
     """A configuration problem, already phrased for the user (file, key path, what was wrong)."""
@@ -136,7 +138,7 @@ class PrepareConfig(Strict):
     # Training pads an image to a square of its longest side: a huge or thin image would cost gigabytes there.
     max_image_side: int = Field(8192, gt=0)
     max_aspect_ratio: float = Field(20.0, ge=1)
-    max_line_bytes: int = Field(16 * 1024 * 1024, gt=0)  # a longer JSONL line is rejected unparsed
+    max_line_bytes: int = Field(DEFAULT_MAX_LINE_BYTES, gt=0)  # a longer JSONL line is rejected unparsed
     duplicate_ids: Literal["keep", "reject"] = "keep"  # repeated ids are counted in stats.json either way
     # More rejected than this fraction fails the stage (after writing stats.json and rejected.jsonl): a bug
     # or a wrong image_root must not pass as a dataset that is mostly bad records.
@@ -191,6 +193,9 @@ class TrainStageConfig(Strict):
     # Padding-free batches: a micro-batch's samples back to back in one row with per-sample positions and
     # attention (flex attention on GPU). auto = on with use_gpu (a CPU gains nothing); YAML's on/off work too.
     packing: bool | Literal["auto"] = "auto"
+    # torch.compile of the language model (inductor). Off until the device benchmark shows it pays: a first
+    # step compiles for tens of seconds, and every new sequence length can recompile until shapes go dynamic.
+    compile_llm: bool = False
     deepspeed: str  # path of the DeepSpeed JSON, relative to the repo's configs/ folder or absolute
     optim: OptimConfig
     schedule: ScheduleConfig = ScheduleConfig()

@@ -192,6 +192,14 @@ def build_model(
     return model.to(dtype).eval()
 
 
+def compile_language_model(llava: LlavaForConditionalGeneration) -> None:
+    """torch.compile (inductor) the LLM decoder in place: its parameters, state_dict keys and hooks stay as
+    they are, so DeepSpeed, checkpoints and export see the same module. The tower and connector stay eager
+    (the tower runs without autograd; the connector is small). Shapes start static and turn dynamic at the
+    first recompile, as torch's default does: micro-batch lengths vary."""
+    llava.model.language_model.compile()
+
+
 def load_llava(path: str | Path, *, dtype: torch.dtype = torch.float32) -> LlavaForConditionalGeneration:
     """Load a saved LLaVA model, including ones whose connector is not transformers' own.
 

@@ -7,9 +7,12 @@ carries its rejection reason, so `prepare` can account for it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from components.core.jsonl import BOM, DEFAULT_MAX_LINE_BYTES, LineProblem, split_jsonl
 
 
 @dataclass(frozen=True)
@@ -49,48 +52,56 @@ def _checked(source: str, index: int, value: Any) -> RawRecord:
     return RawRecord(source, index, value)
 
 
-DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 _TOO_DEEP = "JSON nested too deeply to parse"
+_LEADING_WS = re.compile(rb"[ \t\r\n]*")
+
+
+def _skip_ws(data: bytes, pos: int) -> int:
+    m = _LEADING_WS.match(data, pos)
+    return m.end() if m else pos
 
 
 def split_records(data: bytes, source: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[RawRecord]:
-    """Records of a JSON list or JSONL file, in file order."""
-    # surrogateescape keeps invalid bytes so one bad record does not cost the whole file.
-    text = data.decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-    if text.lstrip().startswith("["):
-        yield from _list_records(text, source)
+    """Records of a JSON list or JSONL file, in file order. JSONL goes through the shared splitter
+    (components.core.jsonl): lines split on "\\n" only, BOM and CRLF tolerated, over-long lines unparsed."""
+    body = data.removeprefix(BOM)
+    start = _skip_ws(body, 0)
+    first = body[start : start + 1]
+    if first == b"[":
+        # surrogateescape keeps invalid bytes so one bad record does not cost the whole file.
+        yield from _list_records(body.decode("utf-8", errors="surrogateescape"), source)
         return
-    if text.lstrip().startswith("{") and "\n" in text.strip():
-        whole = _whole_object(text)
+    if first == b"{":
+        whole = _whole_object(body, start, max_line_bytes)
         if whole is not None:
+            n_lines = body.count(b"\n") + 1
             yield RawRecord(source, 1, None, "not_a_list",
-                            f"{source}: one JSON object spanning {text.count(chr(10)) + 1} lines ({len(whole)} keys); "
+                            f"{source}: one JSON object spanning {n_lines} lines ({len(whole)} keys); "
                             "expected a JSON list of records or one record per line (JSONL)")
             return
-    # Only "\n" ends a JSONL line: str.splitlines() would also split on U+2028, U+0085, ... which JSON
-    # allows raw inside strings.
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        if len(line) > max_line_bytes:  # characters >= bytes / 4: a cheap bound before any parsing
-            yield RawRecord(source, lineno, None, "line_too_long",
-                            f"{source} line {lineno}: {len(line):,} characters, over the limit of {max_line_bytes:,}")
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield RawRecord(source, lineno, None, "malformed_json", f"{source} line {lineno}: not valid JSON ({e.msg})")
-            continue
-        except RecursionError:
-            yield RawRecord(source, lineno, None, "malformed_json", f"{source} line {lineno}: {_TOO_DEEP}")
-            continue
-        yield _checked(source, lineno, item)
+    for lineno, item in split_jsonl(data, max_line_bytes):
+        if isinstance(item, LineProblem):
+            yield RawRecord(source, lineno, None, item.reason, f"{source} line {lineno}: {item.message}")
+        else:
+            yield _checked(source, lineno, item)
 
 
-def _whole_object(text: str) -> dict[str, Any] | None:
+def _whole_object(body: bytes, start: int, max_line_bytes: int) -> dict[str, Any] | None:
+    """The file as one JSON object spread over several lines (pretty-printed), or None. A file whose first
+    line parses by itself is JSONL (the whole could only parse if nothing followed), so then only that line
+    is parsed, not the whole file; an over-long first line is left to the JSONL splitter to report."""
+    end = body.find(b"\n", start)
+    if end < 0 or _skip_ws(body, end) == len(body):
+        return None  # one line: a one-record JSONL file
+    if end - start > max_line_bytes:
+        return None
     try:
-        value = json.loads(text)
+        json.loads(body[start:end])
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        pass
+    try:
+        value = json.loads(body.decode("utf-8", errors="surrogateescape"))
     except (json.JSONDecodeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

@@ -127,7 +127,12 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
     import deepspeed
     from torch.optim.lr_scheduler import LambdaLR
 
-    from components.models.assembly import build_model, num_image_tokens, vision_image_size
+    from components.models.assembly import (
+        build_model,
+        compile_language_model,
+        num_image_tokens,
+        vision_image_size,
+    )
     from components.models.connectors import load_connector, unwrap_llava
     from components.models.tokenizer import image_token_id, load_tokenizer
     from components.models.trainable import apply_lora, param_groups, parameter_counts, set_trainable
@@ -161,6 +166,8 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
     if stage.gradient_checkpointing:
         llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         llava.enable_input_require_grads()  # as the reference: inputs of checkpointed blocks need grads
+    if stage.compile_llm:
+        compile_language_model(llava)
 
     # ---- engine: client AdamW (a DeepSpeed-config optimizer would JIT-build fused Adam) + our schedule
     total = job.total_steps
@@ -181,7 +188,8 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
     if rank == 0:
         print(f"[{name}] setup {time.time() - attempt_start:.1f}s; global batch {stage.global_batch} = {batch} per "
               f"device × {accum} accumulation × {world} workers; {total} steps over {job.num_rows} samples; "
-              + (f"resumed at step {start}" if meta else "fresh start"), flush=True)
+              + (f"resumed at step {start}" if meta else "fresh start")
+              + ("; language model compiled (the first steps compile)" if stage.compile_llm else ""), flush=True)
         if meta:
             _track(job.mlflow, {f"{name}/resumed_from_step": start}, start,
                    {f"{name}.resumed_from_step": start, f"{name}.restarts": history["restarts"]})

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.train import MIX, format_table, grouped_batches, sample_mix
+from bench.train import MIX, format_table, grouped_batches, kind_of, sample_mix
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,7 +55,8 @@ def test_table_puts_each_case_beside_the_anchor_on_its_shape():
     assert "3.2 samples/s on the GPU needs 0.04 loader cores" in table
 
 
-@pytest.mark.parametrize("case", [["--case", "ours-z2"], ["--case", "anchor"], ["--case", "loader"]])
+@pytest.mark.parametrize("case", [["--case", "ours-z2", "--profile"], ["--case", "anchor", "--profile"],
+                                  ["--case", "ours-z2", "--fixed-only", "--compile"], ["--case", "loader"]])
 def test_cpu_dry_run_measures_every_shape(tmp_path, case):
     """The device script's cases on a tiny model on CPU, each in its own process as gpu_check.sh runs them."""
     out = tmp_path / "r.json"
@@ -68,11 +69,32 @@ def test_cpu_dry_run_measures_every_shape(tmp_path, case):
     if case[1] == "loader":
         assert results[0]["samples_per_cpu_s"] > 0 and results[0]["images"] > 0
         return
+    profiles = [r for r in results if r.get("profile")]
+    results = [r for r in results if not r.get("profile")]
     rows = {"ours-z2": [("fixed", False), ("fixed", True), ("mix-finetune", False), ("mix-finetune", True),
                         ("mix-pretrain", True)],
             "anchor": [("fixed", False), ("mix-finetune", False), ("mix-pretrain", False)]}[case[1]]
+    if "--fixed-only" in case:
+        rows = [("fixed", True)]
     assert [(r["shape"], r["packed"]) for r in results] == rows
     for r in results:
         assert "error" not in r, r["error"]
         assert r["useful_tokens_per_s"] > 0 and 0 < r["useful_share"] <= 1 and r["device"] == "cpu"
-    assert results[0]["useful_share"] == 1  # the fixed shape has no padding
+    assert results[0]["useful_share"] == 1 or case[1] == "ours-z2"  # the anchor's fixed rows have no padding
+    if "--profile" not in case:
+        assert not profiles and "where a fixed-shape step goes" not in proc.stdout
+        return
+    [profile] = profiles  # the fixed shape, in the layout the GPU default uses
+    assert "error" not in profile, profile["error"]
+    assert set(profile["phase_s"]) == {"forward", "backward", "update"} and min(profile["phase_s"].values()) > 0
+    assert sum(profile["kernel_share"].values()) == pytest.approx(1) and profile["kernel_share"]["matmul"] > 0
+    assert "aten::mm" in (tmp_path / "r.profile.txt").read_text()
+    assert f"{case[1]} {'packed' if case[1] == 'ours-z2' else 'padded'}: ms forward" in proc.stdout
+
+
+def test_kinds_sort_kernels_by_what_they_do():
+    assert kind_of("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul" and kind_of("aten::mm") == "matmul"
+    assert kind_of("flash_fwd_kernel") == "attention" and kind_of("triton_tem_fused_flex_attention") == "attention"
+    assert kind_of("ncclDevKernel_AllReduce_Sum_bf16") == "comm+copy" and kind_of("Memcpy DtoD") == "comm+copy"
+    assert kind_of("multi_tensor_apply_kernel<FusedAdam>") == "optimizer"
+    assert kind_of("cunn_SoftMaxForward log_softmax") == "loss" and kind_of("vectorized_elementwise") == "other"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.core.jsonl import DEFAULT_MAX_LINE_BYTES, LineProblem, split_jsonl
 from components.evaluate.judge import Judge, JudgeConfig, JudgeNotConfigured, make_judge
 
 # A file the synthetic world puts in each benchmark folder it writes: its scores are not comparable with the
@@ -269,34 +270,29 @@ def read_json(path: Path) -> Any:
         raise BenchmarkDataError(f"{path}: not valid JSON ({e})") from None
 
 
-def read_jsonl(path: Path, rejected: Rejected | None = None) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line, split on \n only (JSON allows U+2028 raw inside
-    strings; \r\n and a UTF-8 BOM are tolerated). A line that is not a JSON object is an error, or, given
-    `rejected`, that line's rejection."""
+def read_jsonl(
+    path: Path, rejected: Rejected | None = None, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line, read by the shared JSONL splitter
+    (components.core.jsonl: split on \\n only, \\r\\n and a UTF-8 BOM tolerated, a line over
+    `max_line_bytes` not read). A line that is not a JSON object is an error, or, given `rejected`,
+    that line's rejection."""
     if not path.is_file():
         raise BenchmarkDataError(f"file not found: {path}")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise BenchmarkDataError(f"{path}: not UTF-8 text ({e})") from None
     rows = []
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            problem = "" if isinstance(obj, dict) else "expected a JSON object"
-        except json.JSONDecodeError as e:
-            problem = f"not valid JSON ({e})"
-        except RecursionError:  # a hostile line of nested brackets: that line's problem, not a crash
-            problem = "not valid JSON (nested too deeply to parse)"
-        if not problem:
-            rows.append((lineno, obj))
-            continue
-        error = BenchmarkDataError(f"{path}:{lineno}: {problem}")
-        if rejected is None:
-            raise error
-        reject(rejected, f"{path}:{lineno}", None, error)
+    with path.open("rb") as f:
+        for lineno, obj in split_jsonl(f, max_line_bytes):
+            if isinstance(obj, LineProblem):
+                problem = obj.message
+            elif not isinstance(obj, dict):
+                problem = "expected a JSON object"
+            else:
+                rows.append((lineno, obj))
+                continue
+            error = BenchmarkDataError(f"{path}:{lineno}: {problem}")
+            if rejected is None:
+                raise error
+            reject(rejected, f"{path}:{lineno}", None, error)
     return rows
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from components.evaluate.benchmarks import BenchmarkDataError, get_benchmark
+from components.evaluate.benchmarks.base import read_jsonl
 
 GOOD = {"question_id": 1, "image": "a.png", "text": "What color is the cube?\nAnswer the question using a single "
         "word or phrase.", "category": "x"}
@@ -76,3 +77,20 @@ def test_a_deeply_nested_line_is_one_rejection(tmp_path: Path) -> None:
     qs = get_benchmark("gqa").load_questions(path.parent)
     assert len(qs) == 2 and [r["where"] for r in qs.rejected] == [f"{path}:3"]
     assert "nested too deeply" in qs.rejected[0]["message"]
+
+
+def test_an_over_long_or_non_utf8_line_is_one_rejection(tmp_path: Path) -> None:
+    """The shared JSONL splitter (components.core.jsonl) bounds a line and decodes it alone: neither a huge
+    line nor stray bytes cost the rest of the file."""
+    path = tmp_path / "q.jsonl"
+    huge = line({**GOOD, "question_id": 2, "text": "x" * 500})
+    path.write_bytes("\n".join([line(GOOD), huge, line({**GOOD, "question_id": 3})]).encode()
+                     + b'\n{"question_id": 4, "text": "caf\xe9"}\n')
+    rejected: list = []
+    rows = read_jsonl(path, rejected, max_line_bytes=400)
+    assert [n for n, _ in rows] == [1, 3]
+    assert [r["where"] for r in rejected] == [f"{path}:2", f"{path}:4"]
+    assert f"{path}:2: {len(huge)} bytes, over the limit of 400" == rejected[0]["message"]
+    assert "not valid UTF-8" in rejected[1]["message"]
+    with pytest.raises(BenchmarkDataError, match=r"q.jsonl:2: .* over the limit"):
+        read_jsonl(path, max_line_bytes=400)  # without a rejection list, the first bad line is the error

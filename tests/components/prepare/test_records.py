@@ -59,3 +59,13 @@ def test_nesting_too_deep_to_parse_is_one_rejection():
     assert [r.reason for r in out] == [None, "malformed_json", None] and "nested too deeply" in out[1].message
     out = records(f'[{{"id": 1}}, {deep}, {{"id": 3}}]'.encode())
     assert out[0].record == {"id": 1} and out[1].reason == "malformed_json" and len(out) == 2
+
+
+def test_jsonl_bad_utf8_and_an_over_long_first_line_cost_only_their_line():
+    data = b'{"id": "' + b"x" * 100 + b'"}\n{"id": 2}\n{"id": "caf\xe9"}\n{"id": "\\ud800"}\n'
+    out = records(data, max_line_bytes=50)
+    assert [r.reason for r in out] == ["line_too_long", None, "invalid_utf8", "invalid_utf8"]
+    assert [r.index for r in out] == [1, 2, 3, 4] and out[1].record == {"id": 2}
+    assert out[0].message == "f.json line 1: 110 bytes, over the limit of 50"
+    assert out[2].message == "f.json line 3: not valid UTF-8 (byte 0xe9 at byte 12)"
+    assert "field id is not valid UTF-8" in out[3].message  # a lone surrogate escape, caught after parsing

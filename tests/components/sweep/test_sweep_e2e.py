@@ -27,22 +27,16 @@ pytestmark = pytest.mark.e2e
 PRETRAIN_ROWS, FINETUNE_ROWS = 320, 320
 
 
-def _subset(src, dst, n):
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text(json.dumps(json.loads(src.read_text())[:n]))
-    return dst
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, subset_json):
     """A tiny synthetic world and config overrides training on a subset of it (no synth stage)."""
     from components.synth.world import generate_world
 
     root = tmp_path_factory.mktemp("sweep")
     synth = root / "synth"
     generate_world(str(synth), seed=0, size="tiny")
-    pre = _subset(synth / "pretrain" / "captions.json", root / "ann" / "captions.json", PRETRAIN_ROWS)
-    fin = _subset(synth / "finetune" / "mix.json", root / "ann" / "mix.json", FINETUNE_ROWS)
+    pre = subset_json(synth / "pretrain" / "captions.json", root / "ann" / "captions.json", PRETRAIN_ROWS)
+    fin = subset_json(synth / "finetune" / "mix.json", root / "ann" / "mix.json", FINETUNE_ROWS)
     overrides = [
         f"storage={root / 'store'}", "data.synth=null",
         f"data.pretrain=[{{annotations: {pre}, image_root: {synth / 'images'}, name: captions}}]",

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -68,14 +66,8 @@ def make_rows(tokenizer):
 PRETRAIN_ROWS, FINETUNE_ROWS = 480, 640
 
 
-def _subset(src, dst, n):
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text(json.dumps(json.loads(src.read_text())[:n]))
-    return dst
-
-
 @pytest.fixture(scope="session")
-def world(tmp_path_factory, ray_local):
+def world(tmp_path_factory, ray_local, subset_json):
     """(root, config overrides): a prepared subset of the tiny world (root/"prep"), shared by the session."""
     from components.core.config import load_config
     from components.prepare.stage import run_prepare
@@ -84,8 +76,8 @@ def world(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("train")
     synth = root / "synth"
     generate_world(str(synth), seed=0, size="tiny")
-    pre = _subset(synth / "pretrain" / "captions.json", root / "ann" / "captions.json", PRETRAIN_ROWS)
-    fin = _subset(synth / "finetune" / "mix.json", root / "ann" / "mix.json", FINETUNE_ROWS)
+    pre = subset_json(synth / "pretrain" / "captions.json", root / "ann" / "captions.json", PRETRAIN_ROWS)
+    fin = subset_json(synth / "finetune" / "mix.json", root / "ann" / "mix.json", FINETUNE_ROWS)
     overrides = [
         f"data.pretrain=[{{annotations: {pre}, image_root: {synth / 'images'}, name: captions}}]",
         f"data.finetune=[{{annotations: {fin}, image_root: {synth / 'images'}, name: mix}}]",

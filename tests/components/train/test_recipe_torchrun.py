@@ -42,3 +42,15 @@ def test_two_ranks_train_resume_and_write_outputs_without_ray(world, tmp_path):
     assert summary["resumed"] is True and summary["resumed_from_step"] == 2
     assert all(math.isfinite(x) for x in summary["losses"])
     assert (out / "connector.safetensors").stat().st_size > 0
+
+
+def test_compile_llm_trains_as_eager(world, tmp_path):
+    """`pretrain.compile_llm=true` reaches the recipe: the same two steps, eager and with the language model
+    compiled (inductor), give the same losses (1e-4 relative: inductor may reorder float32 sums)."""
+    root, _ = world
+    eager = _torchrun(root, tmp_path / "eager", "--set", "pretrain.max_steps=2")
+    compiled = _torchrun(root, tmp_path / "compiled", "--set", "pretrain.max_steps=2",
+                         "--set", "pretrain.compile_llm=true")
+    losses = [json.loads((tmp_path / out / "summary.json").read_text())["losses"] for out in ("eager", "compiled")]
+    assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert "language model compiled" in compiled and "language model compiled" not in eager

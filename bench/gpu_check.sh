@@ -3,7 +3,9 @@
 # (16 x 1024) and on LLaVA-1.5's pretrain/finetune length mixes; one table on stdout, JSON and logs in $OUT,
 # with where a fixed-shape step goes (forward / backward / update, kernel time by kind; profiler tables in $OUT).
 #
-#   GPU (fresh machine, the kit from ../shared/gpu/build-kit.sh carried as .gpukit):
+#   GPU (fresh machine, the kit from ../shared/gpu/build-kit.sh carried as .gpukit; the extra wheels are the
+#   judge client's, which the evaluate component imports):
+#       EXTRA="httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5" bash ../shared/gpu/build-kit.sh .gpukit
 #       bash bench/gpu_check.sh                       # budget: BUDGET_S seconds in all (default 540)
 #   CPU dry run (tiny shapes; checks every path of the script, measures nothing useful):
 #       bash bench/gpu_check.sh --device cpu
@@ -50,11 +52,14 @@ run() {  # run NAME MIN_SECONDS ARGS...: one case, skipped when less than MIN_SE
 run loader 20 --case loader
 run anchor 60 --case anchor --profile
 run ours-z2 120 --case ours-z2 --profile
-# Exactness of the GPU route (flex attention on packed rows = sdpa on padded rows, loss and gradients).
+# Exactness of the GPU routes: flex attention on packed rows = sdpa on padded rows (loss and gradients), and
+# the sweep's dev evaluation on the GPU its Train worker holds.
 if [ $((BUDGET_S - (SECONDS - START))) -gt 60 ]; then
-  echo "== packing exactness on $DEVICE"
-  timeout $((BUDGET_S - (SECONDS - START))) python3 -m pytest -rs \
-    tests/components/train/test_packing.py tests/components/train/test_loss.py >"$OUT/exactness.log" 2>&1
+  echo "== GPU exactness on $DEVICE"
+  timeout $((BUDGET_S - (SECONDS - START))) python3 -m pytest -rs -p no:cacheprovider \
+    tests/components/train/test_packing.py tests/components/train/test_loss.py \
+    tests/components/evaluate/test_eval_stage.py::test_in_process_generation_on_this_process_gpu \
+    >"$OUT/exactness.log" 2>&1
   rc=$?; grep -E "passed|failed|SKIPPED|^FAILED" "$OUT/exactness.log"; [ $rc -ne 0 ] && FAILED+=("exactness(rc $rc)")
 fi
 # torch.compile of the language model (the recipe's compile_llm; off by default until this row says it pays).
@@ -64,6 +69,9 @@ run ours-z3 60 --case ours-z3 --fixed-only
 run ours-z2-buckets 60 --case ours-z2 --label ours-z2-buckets5e8-nooverlap --fixed-only \
   --ds zero_optimization.reduce_bucket_size=5e8 \
   --ds zero_optimization.allgather_bucket_size=5e8 --ds zero_optimization.overlap_comm=false
+# bf16 master weights, gradients and Adam states, as the anchor trains (DeepSpeed's default keeps fp32 ones).
+run ours-z2-bf16master 60 --case ours-z2 --label ours-z2-bf16master --fixed-only \
+  --ds bf16.bf16_master_weights_and_grads=true --ds bf16.bf16_optimizer_states=true
 # The anchor script of record, where this machine has it (its own JSON: train step and generation).
 ANCHOR_SCRIPT=${ANCHOR_SCRIPT:-../shared/bench/hf_llava_anchor.py}
 if [ -f "$ANCHOR_SCRIPT" ] && [ $((BUDGET_S - (SECONDS - START))) -gt 90 ]; then

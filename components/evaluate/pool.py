@@ -226,11 +226,13 @@ def close_warm_pools() -> None:
 
 def generate_in_process(
     rows: list[dict[str, Any]], *, model_dir: str, template: TemplateName, batch_size: int, dtype: str = "auto",
-    cpus: float = 1.0, blank_images: bool = False,
+    cpus: float = 1.0, blank_images: bool = False, use_gpu: bool = False,
 ) -> tuple[Results, dict[str, Any]]:
-    """What a GenerationPool answers, from one GeneratorActor in this process (CPU, no Ray)."""
+    """What a GenerationPool answers, from one GeneratorActor in this process (no Ray): on CPU, or on the
+    GPU this process already holds (`use_gpu`; e.g. a Ray Train worker's)."""
     start = time.perf_counter()
-    actor = GeneratorActor(model_dir, template=template, batch_size=batch_size, use_gpu=False, dtype=dtype, cpus=cpus)
+    actor = GeneratorActor(model_dir, template=template, batch_size=batch_size, use_gpu=use_gpu, dtype=dtype,
+                           cpus=cpus)
     results: Results = {}
     arrival: list[tuple[str, str]] = []
     _collect((actor(b) for b in _batches(rows, batch_size, blank_images)), results, arrival)

@@ -246,8 +246,9 @@ def run_evaluate(
     `generate_without_judge=True`, which still writes the answers and the grader's upload file.
     `blank_images=True` feeds every image question the blank (mean-colour) image instead: an image-dependence
     check. `pool`: a running pool to use (the run's warm pool; its own model and generation settings then
-    apply), else one is started for this call. `in_process` (CPU only) answers in this process instead
-    (`generate_in_process`)."""
+    apply), else one is started for this call. `in_process` answers in this process instead
+    (`generate_in_process`), on this process's GPU when `use_gpu`: for a caller that already holds one (a
+    sweep trial's Train worker), where a pool would wait for a second GPU."""
     if batch_size < 1 or num_actors < 1:
         raise ValueError(f"batch_size and num_actors must be >= 1, got {batch_size} and {num_actors}")
     if limit is not None and limit < 1:
@@ -273,11 +274,9 @@ def run_evaluate(
     results: dict[tuple[str, str], dict[str, Any]] = {}
     pass_stats: dict[str, Any] = {}
     if todo and in_process:
-        if use_gpu:
-            raise ValueError("in_process generation runs on CPU; use a generation pool (in_process=False) for GPUs")
         results, pass_stats = generate_in_process(
             _question_rows(todo), model_dir=str(model_dir), template=template, batch_size=batch_size, dtype=dtype,
-            cpus=cpus_per_actor, blank_images=blank_images)
+            cpus=cpus_per_actor, blank_images=blank_images, use_gpu=use_gpu)
     elif todo:
         own = pool is None  # no run-wide pool: one for this call only
         spec = PoolSpec(str(model_dir), template, batch_size, num_actors, use_gpu, cpus_per_actor, dtype,

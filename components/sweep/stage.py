@@ -2,8 +2,9 @@
 
 A trial is one Train run on one worker group: the proxy pretrain, then the proxy finetune in `rungs`
 segments (each resumes from the previous one's checkpoint; the schedule spans the whole proxy). After each
-segment rank 0 evaluates the dev benchmark in the worker (in process on CPU; on a one-GPU Ray Data actor when
-trials train on GPUs) and every rank reports: `TuneReportCallback` hands rank 0's metrics to Tune, whose ASHA
+segment rank 0 evaluates the dev benchmark in its own process, on the worker's own device (CPU, or the GPU it
+trains on: a generation actor would wait for a spare GPU, which a cluster busy with trials does not have) and
+every rank reports: `TuneReportCallback` hands rank 0's metrics to Tune, whose ASHA
 decides at the rungs. The trial actor writes the decision next to the Train run (`_trainable`), the workers
 wait for it, and a stopped run ends itself, leaving no Train controller or placement group behind. Every
 trial reads the one prepared dataset (image tokens are expanded per resolution at collate time), so nothing
@@ -246,7 +247,7 @@ def _trial_loop(config: dict[str, Any]) -> None:
 
 
 def _dev_value(job: SweepSetup, tcfg: PipelineConfig, bench: Any, seg: str) -> float | None:
-    """The dev benchmark's metric for the rung's model (rank 0; in this process on CPU)."""
+    """The dev benchmark's metric for the rung's model (rank 0, in this process, on its device)."""
     from components.evaluate.stage import run_evaluate
 
     dev = job.cfg.sweep.dev
@@ -256,7 +257,7 @@ def _dev_value(job: SweepSetup, tcfg: PipelineConfig, bench: Any, seg: str) -> f
             eval_root=job.eval_root,  # as stored (maybe s3://): run_evaluate fetches it on this node
             out_dir=eval_out, template=job.cfg.evaluate.template, batch_size=dev.batch_size, num_actors=1,
             use_gpu=tcfg.finetune.use_gpu, limit=dev.limit,
-            cpus_per_actor=max(1.0, job.cfg.sweep.resources.driver_cpus), in_process=not tcfg.finetune.use_gpu)
+            cpus_per_actor=max(1.0, job.cfg.sweep.resources.driver_cpus), in_process=True)
     return result.get("value")
 
 

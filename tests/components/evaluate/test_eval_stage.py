@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
@@ -204,9 +205,22 @@ def test_in_process_generation_answers_as_the_actor_pool(stage, eval_root, model
         assert r["timing"]["pass_questions"] == 2 * LIMIT
         ours, pool = (_lines(d / name / "answers.jsonl") for d in (tmp_path, stage["out"]))
         assert [(a["question_id"], a["text"]) for a in ours] == [(a["question_id"], a["text"]) for a in pool]
-    with pytest.raises(ValueError, match="in_process generation runs on CPU"):
-        run_evaluate(["gqa"], model_dir=model_dir, eval_root=eval_root, out_dir=tmp_path, use_gpu=True,
-                      in_process=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU path of in-process generation")
+def test_in_process_generation_on_this_process_gpu(eval_root, model_dir, tmp_path, monkeypatch):
+    """The sweep's GPU path: a Train worker answers the dev benchmark on the GPU it holds, no Ray. float32 on
+    both devices (TF32 off); greedy answers may differ where two tokens tie within GPU rounding, so 90% must
+    match."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    common = dict(model_dir=model_dir, eval_root=eval_root, batch_size=4, limit=LIMIT, max_new_tokens=6,
+                  in_process=True, dtype="float32")
+    (cpu,) = run_evaluate(["gqa"], out_dir=tmp_path / "cpu", **common)
+    (gpu,) = run_evaluate(["gqa"], out_dir=tmp_path / "gpu", use_gpu=True, **common)
+    assert gpu["status"] == "ok" and gpu["n_missing"] == 0 and gpu["generation"]["use_gpu"] is True
+    a, b = (_lines(tmp_path / d / "gqa" / "answers.jsonl") for d in ("cpu", "gpu"))
+    assert [x["question_id"] for x in a] == [x["question_id"] for x in b]
+    assert sum(x["text"] == y["text"] for x, y in zip(a, b, strict=True)) >= 0.9 * len(a)
 
 
 @pytest.mark.e2e

@@ -24,10 +24,16 @@ def _loss_and_grads(model, inputs):
     return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_compiled_language_model_keeps_loss_gradients_and_names(build_tiny_llava, make_rows, tiny_spec):
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "activation-checkpointing"])
+def test_compiled_language_model_keeps_loss_gradients_and_names(build_tiny_llava, make_rows, tiny_spec,
+                                                                 checkpointing):
+    """As the recipe sets it up: activation checkpointing (the paper configs') first, then compile."""
     torch._dynamo.reset()
     eager = build_tiny_llava(torch.float32, "cpu")
     compiled = build_tiny_llava(torch.float32, "cpu")
+    for model in (eager, compiled) if checkpointing else ():
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     compile_language_model(compiled)
     assert compiled.state_dict().keys() == eager.state_dict().keys()
     assert compiled.model.language_model._compiled_call_impl is not None

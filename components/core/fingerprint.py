@@ -214,6 +214,8 @@ def path_digest(path: str) -> str:
     is downloaded). A folder is the digest of its files."""
     if storage.is_remote(path):
         fs, inner = storage.filesystem(path)
+        if not fs.exists(inner):
+            return "missing"
         entries = fs.find(inner, detail=True) if fs.isdir(inner) else {inner: fs.info(inner)}
         h = hashlib.sha256()
         for name, info in sorted(entries.items()):

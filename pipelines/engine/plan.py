@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from components.core import storage
 from components.core.config import PipelineConfig
 from components.core.redact import redact
 
@@ -70,6 +71,19 @@ class PipelinePlan:
     @property
     def pending(self) -> bool:
         return any(p.fingerprint == PENDING for p in self.tail)
+
+    def missing_inputs(self) -> list[str]:
+        """`stage: key = path does not exist` for each data file or folder that a stage about to run reads
+        (its declared `files`: the user's paths; the synthetic world's are the synth stage's output). Such a
+        stage would fail, maybe hours into the run, after everything before it."""
+        found = []
+        for p in self.planned:
+            if p.action != "run":
+                continue
+            for key, path in p.stage.files(p.cfg or self.cfg).items():
+                if not storage.exists(path):
+                    found.append(f"{p.stage.name}: {key} = {path} does not exist")
+        return found
 
     def plan_tail(self) -> None:
         """Plan the stages after the sweep with its choices, or as pending while it has no output."""

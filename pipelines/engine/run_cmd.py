@@ -20,7 +20,7 @@ from components.core.redact import redact, redact_json
 from ..llava15 import LLAVA15
 from .artifacts import storage_root
 from .console import Console, captured, display_status, log_file, publish_log
-from .executor import PlannedStage
+from .executor import PipelineError, PlannedStage, downstream
 from .plan import plan_pipeline, run_plan
 
 # Metrics shown in the final table and the stage lines, when a stage has them.
@@ -113,12 +113,20 @@ def run_pipeline(
     with contextlib.redirect_stdout(sys.stderr):  # whatever a library prints while planning is not a result
         pipeline = plan_pipeline(LLAVA15, cfg, root, only=only, from_=from_, force=force)
     plan = pipeline.planned
+    missing = pipeline.missing_inputs()
     if dry_run:
         if as_json:
             print(json.dumps({"stages": {p.stage.name: {"action": p.action, "fingerprint": p.fingerprint,
-                                                        "why": p.why} for p in plan}}))
+                                                        "why": p.why} for p in plan}, "missing_inputs": missing}))
         else:
             print(format_plan(plan))
+    if missing:  # before Ray starts: these stages would fail, maybe after hours of training
+        failing = downstream(pipeline.stages, {line.split(":", 1)[0] for line in missing})
+        keep = [p.stage.name for p in plan if p.action == "run" and p.stage.name not in failing]
+        raise PipelineError(
+            "inputs missing; these stages would fail:\n  " + "\n  ".join(missing) + "\nfix the paths in the "
+            "config, or run without those stages" + (f" (--only {' --only '.join(keep)})" if keep else ""))
+    if dry_run:
         return 0
     with captured(log_file(root, command), verbose=verbose) as console:
         console.line(format_plan(plan), to_err=as_json)

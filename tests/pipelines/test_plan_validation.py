@@ -1,5 +1,7 @@
 """A config a stage would fail on hours later fails `plan` instead, naming the key."""
 
+import json
+
 import pytest
 
 from components.core.config import CONNECTOR_SPEC, ConfigError, load_config
@@ -49,3 +51,32 @@ def test_connector_names_are_those_the_registry_builds():
             build_connector(spec, 8, 8)
     with pytest.raises(ConfigError, match="model.connector: 'mlp2x_gelo' is not a connector"):
         load_config("tiny", ["model.connector=mlp2x_gelo"])
+
+
+def test_missing_data_fails_plan_and_run_before_anything_starts(tmp_path, monkeypatch, capsys):
+    """The paper config in an empty folder: its data is not there. Every stage that would read a missing
+    file or folder is named with its key and path, and `run` stops before Ray starts (no storage root made)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "llava15_7b"]) == 2
+    err = capsys.readouterr().err
+    pretrain = tmp_path / "playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json"
+    assert f"prepare: data.pretrain.0.annotations = {pretrain} does not exist" in err
+    assert f"evaluate.gqa: benchmark.gqa = {tmp_path / 'playground/data/eval/gqa'} does not exist" in err
+    assert "--only" not in err  # every stage depends on prepare: nothing to run without it
+    assert main(["run", "llava15_7b"]) == 2
+    assert "inputs missing" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+
+
+def test_a_missing_eval_root_names_the_stages_that_can_still_run(tmp_path, capsys):
+    sets = ["--set", f"storage={tmp_path / 'runs'}", "--set", f"evaluate.root={tmp_path / 'eval'}",
+            "--set", "evaluate.benchmarks=[gqa,pope]", "--set", "evaluate.blank_image_check=[]"]
+    assert main(["plan", *sets]) == 2
+    err = capsys.readouterr().err
+    assert f"evaluate.pope: benchmark.pope = {tmp_path / 'eval' / 'pope'} does not exist" in err
+    assert "(--only synth --only prepare --only pretrain --only finetune)" in err
+    assert main(["run", *sets, "--only", "synth", "--only", "prepare", "--dry-run", "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["missing_inputs"] == [] and planned["stages"]["evaluate.pope"]["action"] == "skip"
+    (tmp_path / "eval" / "gqa").mkdir(parents=True)
+    (tmp_path / "eval" / "pope").mkdir()
+    assert main(["plan", *sets]) == 0

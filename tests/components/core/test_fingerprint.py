@@ -83,6 +83,7 @@ def test_remote_files_are_identified_by_size_and_etag(s3_server):
     fs.pipe("digests/a.json", b"two")
     assert path_digest("s3://digests/a.json") != first
     assert path_digest("s3://digests") != path_digest("s3://digests/a.json")
+    assert path_digest("s3://digests/gone.json") == path_digest("s3://digests/gone/") == "missing"
 
 
 @pytest.mark.parametrize("part,old,new,reason", [

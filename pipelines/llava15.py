@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from components.core import storage
@@ -159,6 +160,20 @@ def _deepspeed_files(*stages: str) -> Callable[[PipelineConfig], dict[str, str]]
     return files
 
 
+def _checkpoint_files(*parts: str, resolutions: bool = False) -> Callable[[PipelineConfig], dict[str, str]]:
+    """Model checkpoints given as a path (local, made absolute at config load, or s3://): fingerprinted by
+    content, so weights replaced in place rerun their readers. A Hub name is fingerprinted by its name (the
+    config key itself). `parts`: model.<part>.name_or_path; `resolutions`: the sweep's towers too."""
+    def files(c: PipelineConfig) -> dict[str, str]:
+        named = {f"model.{part}.name_or_path": getattr(c.model, part).name_or_path for part in parts}
+        if resolutions:
+            named.update({f"sweep.space.resolution.{i}.name_or_path": r.name_or_path
+                          for i, r in enumerate(c.sweep.space.resolution)})
+        return {key: path for key, path in named.items()
+                if path and (storage.is_remote(path) or Path(path).is_absolute())}
+    return files
+
+
 def _benchmark_files(bench: str, root: str) -> dict[str, str]:
     """A benchmark's folder under an eval root the user provides (a `{synth}` root is the synth stage's)."""
     from components.evaluate.benchmarks import get_benchmark
@@ -243,17 +258,23 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                      "pretrain.template", "pretrain.max_length", "finetune.template", "finetune.max_length")
     if cfg.model.vision.image_size == AUTO:  # rows are cut for the sweep's largest resolution
         prepare_reads += ("sweep.space.resolution",)
-    stages.append(Stage("prepare", synth, prepare_reads, prepare_body, files=_prepare_files,
+    # The tokenizer, and the tower whose image size sets the image tokens (with `auto`: the sweep's largest).
+    prepare_checkpoints = _checkpoint_files("tokenizer", "vision", resolutions=cfg.model.vision.image_size == AUTO)
+    stages.append(Stage("prepare", synth, prepare_reads, prepare_body,
+                        files=lambda c: {**_prepare_files(c), **prepare_checkpoints(c)},
                         resources=("prepare.cpus_per_task",)))
     if cfg.sweep.enabled:
         stages.append(Stage(
             "sweep", ("prepare", *synth), _sweep_reads(cfg), sweep_body,
             files=lambda c: {**_deepspeed_files("pretrain", "finetune")(c),
+                             **_checkpoint_files("vision", "llm", "tokenizer", resolutions=True)(c),
                              **_benchmark_files(c.sweep.dev.benchmark, c.sweep.dev.root or c.evaluate.root)}))
     train_reads = ("seed", "model")
     for stage, deps, body in (("pretrain", ("prepare",), pretrain_body),
                               ("finetune", ("prepare", "pretrain"), finetune_body)):
-        stages.append(Stage(stage, deps, (*train_reads, stage), body, files=_deepspeed_files(stage),
+        stages.append(Stage(stage, deps, (*train_reads, stage), body,
+                            files=lambda c, s=stage: {**_deepspeed_files(s)(c),
+                                                      **_checkpoint_files("vision", "llm", "tokenizer")(c)},
                             resources=(f"{stage}.keep_checkpoints",)))
     eval_names = []
     eval_reads = ("evaluate.root", "evaluate.template", "evaluate.batch_size", "evaluate.use_gpu",

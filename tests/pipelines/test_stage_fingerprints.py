@@ -1,6 +1,6 @@
 """Each change reruns exactly the stages that read it (and, through their fingerprints, what is downstream of
-them): the seed, a DeepSpeed JSON, an annotation file, the training-time pixel code, the judge; an unrelated
-key reruns nothing. Plans of the real DAG on an empty storage root (no Ray)."""
+them): the seed, a DeepSpeed JSON, an annotation file, a checkpoint folder, the training-time pixel code, the
+judge; an unrelated key reruns nothing. Plans of the real DAG on an empty storage root (no Ray)."""
 
 import json
 import shutil
@@ -114,3 +114,22 @@ def test_an_unreadable_manifest_is_absent_not_a_crash(tmp_path):
     (out / MANIFEST).write_text('{"stage": "synth", "finger')  # a torn write from an older version
     again = make_plan(cfg, build_stages(cfg), str(tmp_path))
     assert again[0].action == "run"
+
+
+def test_checkpoints_given_as_paths_are_fingerprinted_by_content(tmp_path):
+    """Weights replaced in place at the same path rerun the stages that load them; a Hub name stays a name."""
+    llm, tower = tmp_path / "vicuna", tmp_path / "clip"
+    for folder in (llm, tower):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights-1")
+    cfg = load_config("tiny", ["model.llm.random_init=null", f"model.llm.name_or_path={llm}",
+                               "model.vision.random_init=null", f"model.vision.name_or_path={tower}"])
+    before = fingerprints(cfg, tmp_path)
+    (llm / "model.safetensors").write_bytes(b"weights-2")  # same size, same path
+    assert changed(before, fingerprints(cfg, tmp_path)) == readers_and_below(cfg, "pretrain", "finetune")
+    before = fingerprints(cfg, tmp_path)
+    (tower / "model.safetensors").write_bytes(b"weights-2")
+    assert changed(before, fingerprints(cfg, tmp_path)) == readers_and_below(cfg, "prepare")  # and all below
+    hub = load_config("tiny", ["model.llm.random_init=null", "model.llm.name_or_path=lmsys/vicuna-7b-v1.5"])
+    pretrain = next(s for s in build_stages(hub) if s.name == "pretrain")
+    assert set(pretrain.files(hub)) == {"pretrain.deepspeed"}  # the name is in the config slice

@@ -102,7 +102,7 @@ def evaluate_body(ctx: StageContext, *, bench: str) -> dict[str, Any]:
     from components.evaluate.stage import run_evaluate
 
     ev = ctx.cfg.evaluate
-    model_dir = storage.join(ctx.inputs["finetune"], "model")
+    model_dir = ev.model or storage.join(ctx.inputs["finetune"], "model")
     # Every benchmark job of the run shares one warm pool per model: replicas start and load the model once.
     pool = warm_pool(PoolSpec(model_dir, ev.template, ev.batch_size, ev.num_actors, ev.use_gpu, ev.cpus_per_actor))
     # The eval root goes as the storage names it: question files are fetched on this node, images by each
@@ -140,7 +140,7 @@ def export_body(ctx: StageContext) -> dict[str, Any]:
 # Config keys no stage reads but the pipeline itself: where things live, what is tracked, and the DAG's shape
 # (which stages exist). Every other key must be read by a stage (tests/pipelines/test_stage_contract.py).
 PIPELINE_KEYS = ("name", "storage", "tracking", "data.synth", "evaluate.benchmarks", "evaluate.concurrency",
-                 "sweep.enabled", "export.enabled")
+                 "evaluate.model", "sweep.enabled", "export.enabled")
 
 
 def _unsynthesized(path: str) -> bool:
@@ -163,9 +163,13 @@ def _deepspeed_files(*stages: str) -> Callable[[PipelineConfig], dict[str, str]]
 def _checkpoint_files(*parts: str, resolutions: bool = False) -> Callable[[PipelineConfig], dict[str, str]]:
     """Model checkpoints given as a path (local, made absolute at config load, or s3://): fingerprinted by
     content, so weights replaced in place rerun their readers. A Hub name is fingerprinted by its name (the
-    config key itself). `parts`: model.<part>.name_or_path; `resolutions`: the sweep's towers too."""
+    config key itself). `parts`: model.<part>.name_or_path, or a full key (`evaluate.model`); `resolutions`:
+    the sweep's towers too."""
     def files(c: PipelineConfig) -> dict[str, str]:
-        named = {f"model.{part}.name_or_path": getattr(c.model, part).name_or_path for part in parts}
+        named = {}
+        for part in parts:
+            key = part if "." in part else f"model.{part}.name_or_path"
+            named[key] = flatten(c.model_dump(mode="json"))[key]
         if resolutions:
             named.update({f"sweep.space.resolution.{i}.name_or_path": r.name_or_path
                           for i, r in enumerate(c.sweep.space.resolution)})
@@ -233,6 +237,9 @@ def config_problems(cfg: PipelineConfig) -> list[str]:
     extra = [b for b in cfg.evaluate.blank_image_check if b not in cfg.evaluate.benchmarks]
     if extra:
         problems.append(f"evaluate.blank_image_check: {', '.join(extra)} not in evaluate.benchmarks")
+    if cfg.evaluate.model is not None and cfg.sweep.enabled:
+        problems.append("sweep.enabled: evaluate.model is set, so nothing is trained for the sweep to choose for; "
+                        "set sweep.enabled=false")
     for stage in ("pretrain", "finetune"):
         try:
             if not deepspeed_config_path(getattr(cfg, stage)).is_file():
@@ -254,39 +261,41 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     synth = ("synth",) if has_synth else ()
     if has_synth:
         stages.append(Stage("synth", (), ("data.synth.size", "data.synth.seed"), synth_body))
-    prepare_reads = ("data.pretrain", "data.finetune", "prepare", "model.tokenizer", "model.vision",
-                     "pretrain.template", "pretrain.max_length", "finetune.template", "finetune.max_length")
-    if cfg.model.vision.image_size == AUTO:  # rows are cut for the sweep's largest resolution
-        prepare_reads += ("sweep.space.resolution",)
-    # The tokenizer, and the tower whose image size sets the image tokens (with `auto`: the sweep's largest).
-    prepare_checkpoints = _checkpoint_files("tokenizer", "vision", resolutions=cfg.model.vision.image_size == AUTO)
-    stages.append(Stage("prepare", synth, prepare_reads, prepare_body,
-                        files=lambda c: {**_prepare_files(c), **prepare_checkpoints(c)},
-                        resources=("prepare.cpus_per_task",)))
-    if cfg.sweep.enabled:
-        stages.append(Stage(
-            "sweep", ("prepare", *synth), _sweep_reads(cfg), sweep_body,
-            files=lambda c: {**_deepspeed_files("pretrain", "finetune")(c),
-                             **_checkpoint_files("vision", "llm", "tokenizer", resolutions=True)(c),
-                             **_benchmark_files(c.sweep.dev.benchmark, c.sweep.dev.root or c.evaluate.root)}))
-    train_reads = ("seed", "model")
-    for stage, deps, body in (("pretrain", ("prepare",), pretrain_body),
-                              ("finetune", ("prepare", "pretrain"), finetune_body)):
-        stages.append(Stage(stage, deps, (*train_reads, stage), body,
-                            files=lambda c, s=stage: {**_deepspeed_files(s)(c),
-                                                      **_checkpoint_files("vision", "llm", "tokenizer")(c)},
-                            resources=(f"{stage}.keep_checkpoints",)))
+    trained = cfg.evaluate.model is None  # else the evaluate jobs read a given model: nothing to train
+    if trained:
+        prepare_reads = ("data.pretrain", "data.finetune", "prepare", "model.tokenizer", "model.vision",
+                         "pretrain.template", "pretrain.max_length", "finetune.template", "finetune.max_length")
+        if cfg.model.vision.image_size == AUTO:  # rows are cut for the sweep's largest resolution
+            prepare_reads += ("sweep.space.resolution",)
+        # The tokenizer, and the tower whose image size sets the image tokens (with `auto`: the sweep's largest).
+        prepare_checkpoints = _checkpoint_files("tokenizer", "vision", resolutions=cfg.model.vision.image_size == AUTO)
+        stages.append(Stage("prepare", synth, prepare_reads, prepare_body,
+                            files=lambda c: {**_prepare_files(c), **prepare_checkpoints(c)},
+                            resources=("prepare.cpus_per_task",)))
+        if cfg.sweep.enabled:
+            stages.append(Stage(
+                "sweep", ("prepare", *synth), _sweep_reads(cfg), sweep_body,
+                files=lambda c: {**_deepspeed_files("pretrain", "finetune")(c),
+                                 **_checkpoint_files("vision", "llm", "tokenizer", resolutions=True)(c),
+                                 **_benchmark_files(c.sweep.dev.benchmark, c.sweep.dev.root or c.evaluate.root)}))
+        train_reads = ("seed", "model")
+        for stage, deps, body in (("pretrain", ("prepare",), pretrain_body),
+                                  ("finetune", ("prepare", "pretrain"), finetune_body)):
+            stages.append(Stage(stage, deps, (*train_reads, stage), body,
+                                files=lambda c, s=stage: {**_deepspeed_files(s)(c),
+                                                          **_checkpoint_files("vision", "llm", "tokenizer")(c)},
+                                resources=(f"{stage}.keep_checkpoints",)))
     eval_names = []
     eval_reads = ("evaluate.root", "evaluate.template", "evaluate.batch_size", "evaluate.use_gpu",
-                  "evaluate.limit", "evaluate.parity_sample", "evaluate.blank_image_check")
+                  "evaluate.limit", "evaluate.parity_sample", "evaluate.blank_image_check", "evaluate.model")
     for bench in cfg.evaluate.benchmarks:
         name = f"evaluate.{bench}"
         eval_names.append(name)
         stages.append(Stage(
-            name, ("finetune", *synth), eval_reads, functools.partial(evaluate_body, bench=bench),
-            files=lambda c, b=bench: _benchmark_files(b, c.evaluate.root), env=_judge_env(bench),
-            resources=("evaluate.num_actors", "evaluate.cpus_per_actor"), group="evaluate"))
-    if cfg.export.enabled:
+            name, ("finetune", *synth) if trained else synth, eval_reads, functools.partial(evaluate_body, bench=bench),
+            files=lambda c, b=bench: {**_benchmark_files(b, c.evaluate.root), **_checkpoint_files("evaluate.model")(c)},
+            env=_judge_env(bench), resources=("evaluate.num_actors", "evaluate.cpus_per_actor"), group="evaluate"))
+    if cfg.export.enabled and trained:
         stages.append(Stage("export", ("finetune", *eval_names, *synth),
                             ("export", "name", "model.connector", "evaluate.root", "evaluate.template"), export_body))
     return stages

@@ -245,6 +245,9 @@ class EvaluateConfig(Strict):
     parity_sample: int = 0  # questions re-answered at batch 1 to check batched decoding
     blank_image_check: list[str] = []  # benchmarks also scored with blank images (image-dependence check)
     concurrency: int = Field(1, gt=0)  # benchmark jobs run at once
+    # A saved LLaVA model to evaluate instead of training one (a folder, s3:// URL or Hub name, e.g. a released
+    # checkpoint). The pipeline is then the evaluate jobs alone (and synth, for a {synth} root).
+    model: str | None = None
 
 
 class ExportConfig(Strict):

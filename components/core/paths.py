@@ -103,7 +103,8 @@ def resolve_local_paths(cfg: PipelineConfig, cwd: Path, config_dir: Path) -> Pip
             "deepspeed": deepspeed_file(cfg.pretrain.deepspeed, cwd, config_dir, "pretrain.deepspeed")}),
         "finetune": cfg.finetune.model_copy(update={
             "deepspeed": deepspeed_file(cfg.finetune.deepspeed, cwd, config_dir, "finetune.deepspeed")}),
-        "evaluate": cfg.evaluate.model_copy(update={"root": absolute(cfg.evaluate.root, cwd)}),
+        "evaluate": cfg.evaluate.model_copy(update={"root": absolute(cfg.evaluate.root, cwd),
+                                                    "model": _model_path(cfg.evaluate.model, cwd)}),
         "sweep": sweep.model_copy(update={"space": space, "dev": dev}),
         "tracking": cfg.tracking.model_copy(update={"tracking_uri": _sqlite_uri(cfg.tracking.tracking_uri, cwd)}),
     })

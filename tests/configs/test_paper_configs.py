@@ -28,3 +28,13 @@ def test_variants_extend_the_7b_recipe(name: str) -> None:
     # The opening comment (command, hardware, time, expected scores) stays with the variant.
     assert text.splitlines()[:5] == (BEFORE / f"{name}.yaml").read_text().splitlines()[:5]
     assert len(text.splitlines()) < 20
+
+
+def test_the_released_model_config_evaluates_it_without_training(tmp_path: Path) -> None:
+    from pipelines.llava15 import build_stages
+
+    cfg = load_config("llava15_7b_eval", cwd=tmp_path)
+    paper = load_config("llava15_7b", cwd=tmp_path)
+    assert cfg.evaluate.model == "llava-hf/llava-1.5-7b-hf"
+    assert cfg.evaluate.model_dump(exclude={"model"}) == paper.evaluate.model_dump(exclude={"model"})
+    assert [s.name for s in build_stages(cfg)] == [f"evaluate.{b}" for b in paper.evaluate.benchmarks]

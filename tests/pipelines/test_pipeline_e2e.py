@@ -139,6 +139,19 @@ def test_config_change_reruns_downstream_only(tiny_run):
                for k, v in status.items() if k.startswith("evaluate."))
 
 
+def test_a_given_model_is_evaluated_without_training(tiny_run):
+    """`evaluate.model`: the evaluate jobs read that model and nothing is trained. Given the shared run's own
+    finetuned model, GQA scores exactly what the run's evaluate job scored."""
+    storage, first = tiny_run
+    model = first["outputs"]["finetune"] + "/model"
+    rc, out = run_json(storage, f"evaluate.model={model}", "evaluate.benchmarks=[gqa]")
+    assert rc == 0, json.dumps(out, indent=1)[-3000:]
+    assert {k: v["status"] for k, v in out["stages"].items()} == {"synth": "cached", "evaluate.gqa": "ran"}
+    gqa = out["stages"]["evaluate.gqa"]["metrics"]
+    assert gqa["accuracy"] == first["stages"]["evaluate.gqa"]["metrics"]["accuracy"] >= 70
+    assert gqa["blank_images_accuracy"] == first["stages"]["evaluate.gqa"]["metrics"]["blank_images_accuracy"]
+
+
 def test_force_plans_stage_and_downstream(tiny_run, capsys):
     storage, _ = tiny_run
     sets = [x for o in [f"storage={storage}", f"evaluate.benchmarks={BENCHMARKS}", *SHARED] for x in ("--set", o)]

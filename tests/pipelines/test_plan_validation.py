@@ -80,3 +80,8 @@ def test_a_missing_eval_root_names_the_stages_that_can_still_run(tmp_path, capsy
     (tmp_path / "eval" / "gqa").mkdir(parents=True)
     (tmp_path / "eval" / "pope").mkdir()
     assert main(["plan", *sets]) == 0
+
+
+def test_a_sweep_has_nothing_to_choose_for_a_given_model():
+    cfg = load_config("tiny_sweep", ["evaluate.model=llava-hf/llava-1.5-7b-hf"])
+    assert [p.split(":")[0] for p in config_problems(cfg)] == ["sweep.enabled"]

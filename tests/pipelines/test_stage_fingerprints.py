@@ -133,3 +133,14 @@ def test_checkpoints_given_as_paths_are_fingerprinted_by_content(tmp_path):
     hub = load_config("tiny", ["model.llm.random_init=null", "model.llm.name_or_path=lmsys/vicuna-7b-v1.5"])
     pretrain = next(s for s in build_stages(hub) if s.name == "pretrain")
     assert set(pretrain.files(hub)) == {"pretrain.deepspeed"}  # the name is in the config slice
+
+
+def test_a_given_model_to_evaluate_is_fingerprinted_by_content(tmp_path):
+    model = tmp_path / "released"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights-1")
+    cfg = load_config("tiny", [f"evaluate.model={model}", "evaluate.benchmarks=[gqa,pope]"])
+    before = fingerprints(cfg, tmp_path)
+    assert set(before) == {"synth", "evaluate.gqa", "evaluate.pope"}  # nothing to train, nothing to export
+    (model / "model.safetensors").write_bytes(b"weights-2")
+    assert changed(before, fingerprints(cfg, tmp_path)) == {"evaluate.gqa", "evaluate.pope"}

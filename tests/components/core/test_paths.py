@@ -15,12 +15,12 @@ def test_relative_paths_become_absolute_against_the_working_directory(tmp_path, 
     cfg = load_config("tiny", [
         "storage=./runs/{name}", "evaluate.root=evalsets", "sweep.dev.root=../dev",
         "model.tokenizer.name_or_path=./ckpt", "tracking.tracking_uri=sqlite:///mlflow.db",
-        "pretrain.deepspeed=deepspeed/zero3.json",
+        "pretrain.deepspeed=deepspeed/zero3.json", "evaluate.model=ckpt",
     ])
     assert cfg.storage == f"{tmp_path}/runs/{{name}}"
     assert cfg.evaluate.root == f"{tmp_path}/evalsets"
     assert cfg.sweep.dev.root == str(tmp_path.parent / "dev")
-    assert cfg.model.tokenizer.name_or_path == f"{tmp_path}/ckpt"
+    assert cfg.model.tokenizer.name_or_path == cfg.evaluate.model == f"{tmp_path}/ckpt"
     assert cfg.tracking.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
     # Not a local file: the packaged one, by the same lookup as config names, kept as its name (each node
     # finds it in its own copy of the code) and found here at use.
@@ -29,9 +29,9 @@ def test_relative_paths_become_absolute_against_the_working_directory(tmp_path, 
     # {synth} paths are filled from the synth stage's (absolute) output; URLs and Hub names stay.
     assert cfg.data.finetune[0].annotations == "{synth}/finetune/mix.json"
     remote = load_config("tiny", ["storage=s3://bucket/p", "model.llm.random_init=null",
-                                  "model.llm.name_or_path=lmsys/vicuna-7b-v1.5"])
+                                  "model.llm.name_or_path=lmsys/vicuna-7b-v1.5", "evaluate.model=llava-hf/x"])
     assert remote.storage == "s3://bucket/p"
-    assert remote.model.llm.name_or_path == "lmsys/vicuna-7b-v1.5"
+    assert remote.model.llm.name_or_path == "lmsys/vicuna-7b-v1.5" and remote.evaluate.model == "llava-hf/x"
 
 
 def test_a_local_deepspeed_file_wins_and_a_missing_one_is_named(tmp_path, monkeypatch):

@@ -160,22 +160,21 @@ def _deepspeed_files(*stages: str) -> Callable[[PipelineConfig], dict[str, str]]
     return files
 
 
-def _checkpoint_files(*parts: str, resolutions: bool = False) -> Callable[[PipelineConfig], dict[str, str]]:
+def _checkpoint_files(*keys: str, resolutions: bool = False) -> Callable[[PipelineConfig], dict[str, str]]:
     """Model checkpoints given as a path (local, made absolute at config load, or s3://): fingerprinted by
     content, so weights replaced in place rerun their readers. A Hub name is fingerprinted by its name (the
-    config key itself). `parts`: model.<part>.name_or_path, or a full key (`evaluate.model`); `resolutions`:
-    the sweep's towers too."""
+    config key itself). `keys`: config keys holding a checkpoint; `resolutions`: the sweep's towers too."""
     def files(c: PipelineConfig) -> dict[str, str]:
-        named = {}
-        for part in parts:
-            key = part if "." in part else f"model.{part}.name_or_path"
-            named[key] = flatten(c.model_dump(mode="json"))[key]
+        named = {key: functools.reduce(getattr, key.split("."), c) for key in keys}
         if resolutions:
             named.update({f"sweep.space.resolution.{i}.name_or_path": r.name_or_path
                           for i, r in enumerate(c.sweep.space.resolution)})
         return {key: path for key, path in named.items()
                 if path and (storage.is_remote(path) or Path(path).is_absolute())}
     return files
+
+
+MODEL_CHECKPOINTS = ("model.vision.name_or_path", "model.llm.name_or_path", "model.tokenizer.name_or_path")
 
 
 def _benchmark_files(bench: str, root: str) -> dict[str, str]:
@@ -268,7 +267,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         if cfg.model.vision.image_size == AUTO:  # rows are cut for the sweep's largest resolution
             prepare_reads += ("sweep.space.resolution",)
         # The tokenizer, and the tower whose image size sets the image tokens (with `auto`: the sweep's largest).
-        prepare_checkpoints = _checkpoint_files("tokenizer", "vision", resolutions=cfg.model.vision.image_size == AUTO)
+        prepare_checkpoints = _checkpoint_files("model.tokenizer.name_or_path", "model.vision.name_or_path",
+                                            resolutions=cfg.model.vision.image_size == AUTO)
         stages.append(Stage("prepare", synth, prepare_reads, prepare_body,
                             files=lambda c: {**_prepare_files(c), **prepare_checkpoints(c)},
                             resources=("prepare.cpus_per_task",)))
@@ -276,14 +276,14 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             stages.append(Stage(
                 "sweep", ("prepare", *synth), _sweep_reads(cfg), sweep_body,
                 files=lambda c: {**_deepspeed_files("pretrain", "finetune")(c),
-                                 **_checkpoint_files("vision", "llm", "tokenizer", resolutions=True)(c),
+                                 **_checkpoint_files(*MODEL_CHECKPOINTS, resolutions=True)(c),
                                  **_benchmark_files(c.sweep.dev.benchmark, c.sweep.dev.root or c.evaluate.root)}))
         train_reads = ("seed", "model")
         for stage, deps, body in (("pretrain", ("prepare",), pretrain_body),
                                   ("finetune", ("prepare", "pretrain"), finetune_body)):
             stages.append(Stage(stage, deps, (*train_reads, stage), body,
                                 files=lambda c, s=stage: {**_deepspeed_files(s)(c),
-                                                          **_checkpoint_files("vision", "llm", "tokenizer")(c)},
+                                                          **_checkpoint_files(*MODEL_CHECKPOINTS)(c)},
                                 resources=(f"{stage}.keep_checkpoints",)))
     eval_names = []
     eval_reads = ("evaluate.root", "evaluate.template", "evaluate.batch_size", "evaluate.use_gpu",

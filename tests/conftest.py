@@ -26,18 +26,29 @@ def tokenizer(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def subset_json():
-    """subset_json(src, dst, n) -> dst: the first n records of the JSON list file `src`, written to `dst`
-    (a smaller training set cut from the synthetic world)."""
+def subset_world():
+    """subset_world(root, pretrain_rows, finetune_rows) -> (synth folder, data overrides): the tiny synthetic
+    world generated under `root`, and `data.pretrain` / `data.finetune` overrides training on the first rows
+    of its caption and mix files (a smaller training set, copied under root/ann)."""
     import json
     from pathlib import Path
+
+    from components.synth.world import generate_world
 
     def subset(src: Path, dst: Path, n: int) -> Path:
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_text(json.dumps(json.loads(src.read_text())[:n]))
         return dst
 
-    return subset
+    def world(root: Path, pretrain_rows: int, finetune_rows: int) -> tuple[Path, list[str]]:
+        synth = root / "synth"
+        generate_world(str(synth), seed=0, size="tiny")
+        pre = subset(synth / "pretrain" / "captions.json", root / "ann" / "captions.json", pretrain_rows)
+        fin = subset(synth / "finetune" / "mix.json", root / "ann" / "mix.json", finetune_rows)
+        return synth, [f"data.pretrain=[{{annotations: {pre}, image_root: {synth / 'images'}, name: captions}}]",
+                       f"data.finetune=[{{annotations: {fin}, image_root: {synth / 'images'}, name: mix}}]"]
+
+    return world
 
 
 @pytest.fixture(scope="session")

@@ -208,6 +208,9 @@ def _local_digest(path: Path, cache: dict[str, Any]) -> str:
     return digest
 
 
+MISSING = "missing"  # the digest of a data path that does not exist
+
+
 def path_digest(path: str) -> str:
     """What a data file or folder holds: local files by content hash (computed once per size + mtime and kept
     in ~/.cache/llava-pipeline/digests.json), remote ones by size + ETag (the store's own content tag; nothing
@@ -215,7 +218,7 @@ def path_digest(path: str) -> str:
     if storage.is_remote(path):
         fs, inner = storage.filesystem(path)
         if not fs.exists(inner):
-            return "missing"
+            return MISSING
         entries = fs.find(inner, detail=True) if fs.isdir(inner) else {inner: fs.info(inner)}
         h = hashlib.sha256()
         for name, info in sorted(entries.items()):
@@ -224,7 +227,7 @@ def path_digest(path: str) -> str:
         return "listing:" + h.hexdigest()
     p = Path(path)
     if not p.exists():
-        return "missing"
+        return MISSING
     cache_path = _cache_file()
     try:
         cache = json.loads(cache_path.read_text())

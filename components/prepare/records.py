@@ -7,7 +7,6 @@ carries its rejection reason, so `prepare` can account for it.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -53,19 +52,14 @@ def _checked(source: str, index: int, value: Any) -> RawRecord:
 
 
 _TOO_DEEP = "JSON nested too deeply to parse"
-_LEADING_WS = re.compile(rb"[ \t\r\n]*")
-
-
-def _skip_ws(data: bytes, pos: int) -> int:
-    m = _LEADING_WS.match(data, pos)
-    return m.end() if m else pos
+_JSON_WS = b" \t\r\n"
 
 
 def split_records(data: bytes, source: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[RawRecord]:
     """Records of a JSON list or JSONL file, in file order. JSONL goes through the shared splitter
     (components.core.jsonl): lines split on "\\n" only, BOM and CRLF tolerated, over-long lines unparsed."""
     body = data.removeprefix(BOM)
-    start = _skip_ws(body, 0)
+    start = len(body) - len(body.lstrip(_JSON_WS))
     first = body[start : start + 1]
     if first == b"[":
         # surrogateescape keeps invalid bytes so one bad record does not cost the whole file.
@@ -91,7 +85,7 @@ def _whole_object(body: bytes, start: int, max_line_bytes: int) -> dict[str, Any
     line parses by itself is JSONL (the whole could only parse if nothing followed), so then only that line
     is parsed, not the whole file; an over-long first line is left to the JSONL splitter to report."""
     end = body.find(b"\n", start)
-    if end < 0 or _skip_ws(body, end) == len(body):
+    if end < 0 or not body[end:].strip(_JSON_WS):
         return None  # one line: a one-record JSONL file
     if end - start > max_line_bytes:
         return None

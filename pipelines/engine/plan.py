@@ -15,6 +15,7 @@ from typing import Any
 
 from components.core import storage
 from components.core.config import PipelineConfig
+from components.core.fingerprint import MISSING
 from components.core.redact import redact
 
 from .attempts import read_manifest
@@ -75,13 +76,15 @@ class PipelinePlan:
     def missing_inputs(self) -> list[str]:
         """`stage: key = path does not exist` for each data file or folder that a stage about to run reads
         (its declared `files`: the user's paths; the synthetic world's are the synth stage's output). Such a
-        stage would fail, maybe hours into the run, after everything before it."""
+        stage would fail, maybe hours into the run, after everything before it. A planned stage's digests
+        already say so; a pending one (after the sweep) is checked here."""
         found = []
         for p in self.planned:
             if p.action != "run":
                 continue
+            digests = p.inputs.get("files", {})
             for key, path in p.stage.files(p.cfg or self.cfg).items():
-                if not storage.exists(path):
+                if (digests[key] == MISSING) if key in digests else not storage.exists(path):
                     found.append(f"{p.stage.name}: {key} = {path} does not exist")
         return found
 

@@ -28,19 +28,12 @@ PRETRAIN_ROWS, FINETUNE_ROWS = 320, 320
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, subset_json):
+def world(tmp_path_factory, subset_world):
     """A tiny synthetic world and config overrides training on a subset of it (no synth stage)."""
-    from components.synth.world import generate_world
-
     root = tmp_path_factory.mktemp("sweep")
-    synth = root / "synth"
-    generate_world(str(synth), seed=0, size="tiny")
-    pre = subset_json(synth / "pretrain" / "captions.json", root / "ann" / "captions.json", PRETRAIN_ROWS)
-    fin = subset_json(synth / "finetune" / "mix.json", root / "ann" / "mix.json", FINETUNE_ROWS)
+    synth, data = subset_world(root, PRETRAIN_ROWS, FINETUNE_ROWS)
     overrides = [
-        f"storage={root / 'store'}", "data.synth=null",
-        f"data.pretrain=[{{annotations: {pre}, image_root: {synth / 'images'}, name: captions}}]",
-        f"data.finetune=[{{annotations: {fin}, image_root: {synth / 'images'}, name: mix}}]",
+        f"storage={root / 'store'}", "data.synth=null", *data,
         f"evaluate.root={synth / 'eval'}", "evaluate.benchmarks=[gqa]", f"sweep.dev.root={synth / 'dev'}",
         "sweep.space.connector=[linear, mlp2x_gelu]", "sweep.space.resolution=[28, 56]",
         "sweep.proxy.data_fraction=1.0", "sweep.proxy.pretrain_steps=3", "sweep.proxy.finetune_steps=4",

@@ -67,20 +67,15 @@ PRETRAIN_ROWS, FINETUNE_ROWS = 480, 640
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory, ray_local, subset_json):
+def world(tmp_path_factory, ray_local, subset_world):
     """(root, config overrides): a prepared subset of the tiny world (root/"prep"), shared by the session."""
     from components.core.config import load_config
     from components.prepare.stage import run_prepare
-    from components.synth.world import generate_world
 
     root = tmp_path_factory.mktemp("train")
-    synth = root / "synth"
-    generate_world(str(synth), seed=0, size="tiny")
-    pre = subset_json(synth / "pretrain" / "captions.json", root / "ann" / "captions.json", PRETRAIN_ROWS)
-    fin = subset_json(synth / "finetune" / "mix.json", root / "ann" / "mix.json", FINETUNE_ROWS)
+    synth, data = subset_world(root, PRETRAIN_ROWS, FINETUNE_ROWS)
     overrides = [
-        f"data.pretrain=[{{annotations: {pre}, image_root: {synth / 'images'}, name: captions}}]",
-        f"data.finetune=[{{annotations: {fin}, image_root: {synth / 'images'}, name: mix}}]",
+        *data,
         "pretrain.max_steps=14", "pretrain.optim.lr=5e-3",
         "pretrain.packing=on",  # the padding-free layout through the recipe (finetune keeps the padded one)
         "finetune.max_steps=8", "finetune.checkpoint_every=2",

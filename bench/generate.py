@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 from components.core.templates import VICUNA_SYSTEM
 from components.evaluate.generate import (
     Generator,
@@ -26,6 +25,7 @@ from components.evaluate.generate import (
     resolve_dtype,
     timed_answer,
 )
+from components.models.spec import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 
 _WORDS = ("what colour color is the shape circle square triangle star red green blue yellow purple orange "
           "left right top bottom middle how many are there in image picture of a an small large which "

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from components.core.config import DataSource
 from components.core.conversation import IMAGE_TOKEN
 from components.core.templates import VICUNA_SYSTEM
+from components.prepare.spec import DataSource
 
 DEFAULT_N = 2000
 VOCAB_SIZE = 1000
@@ -234,8 +234,8 @@ def run_ours(source: DataSource, out: str, tokenizer_dir: str, size: int, cpus: 
     import ray
 
     from components.prepare.dataset import prepare_dataset
-    from components.prepare.pixels import PixelLoader
     from components.prepare.process import PrepareSettings
+    from components.train.pixels import PixelLoader
 
     t0 = time.perf_counter()
     settings = PrepareSettings(template="vicuna_v1", num_image_tokens=(size // 14) ** 2, max_length=4096)
@@ -262,9 +262,9 @@ def run_ours_inline(source: DataSource, tokenizer_dir: str, size: int) -> int:
     scheduling, serialisation and process start-up add to; returns the samples produced."""
     from components.prepare.dataset import source_infos
     from components.prepare.json_tokenizer import load_json_tokenizer
-    from components.prepare.pixels import load_pixels
     from components.prepare.process import PrepareSettings, process_records
     from components.prepare.records import split_records
+    from components.train.pixels import load_pixels
 
     settings = PrepareSettings(template="vicuna_v1", num_image_tokens=(size // 14) ** 2, max_length=4096)
     tok = load_json_tokenizer(tokenizer_dir)

@@ -198,8 +198,9 @@ class Bench:
 
     def __init__(self, shape: dict[str, Any], device: str, *, compile_llm: bool = False,
                  profile: bool = False, profile_table: str | None = None) -> None:
-        from components.core.config import load_config
+        from components.core.config import load_section
         from components.models.assembly import num_image_tokens
+        from components.models.spec import ModelConfig
         from components.models.tokenizer import image_token_id
         from components.train.collate import CollateSpec
 
@@ -208,10 +209,10 @@ class Bench:
         self.bf16 = device == "cuda"
         overrides = [f"model.vision.random_init.{k}={x}" for k, x in shape["vision"].items()]
         overrides += [f"model.llm.random_init.{k}={x}" for k, x in shape["llm"].items()]
-        self.cfg = load_config("tiny", overrides)
+        self.model_cfg = load_section("tiny", "model", ModelConfig, overrides)
         self.tok = word_tokenizer(shape["vocab"])
         self.model = self.fresh_model()
-        self.n_img = num_image_tokens(self.cfg.model)
+        self.n_img = num_image_tokens(self.model_cfg.vision)
         self.image_id = image_token_id(self.tok)
         self.spec = CollateSpec(image_id=self.image_id, num_image_tokens=self.n_img,
                                 max_length=shape["max_length"], pad_id=self.tok.pad_token_id,
@@ -229,20 +230,21 @@ class Bench:
         self.model = None  # free the old one first
         gc.collect()
         dtype = torch.bfloat16 if self.bf16 else torch.float32
-        model = build_model(self.cfg.model, self.tok, dtype=dtype, seed=0).to(self.device)
+        model = build_model(self.model_cfg, self.tok, dtype=dtype, seed=0).to(self.device)
         if self.compile_llm:
             compile_language_model(model)
         return model
 
     def stage(self, name: str, zero: int, batch: int, packed: bool) -> Any:
         """The stage config the recipe would run (one worker, accumulation 1, no activation checkpointing)."""
-        from components.core.config import load_config
+        from components.core.config import load_section
+        from components.train.spec import TrainStageConfig
 
-        return getattr(load_config("tiny", [
+        return load_section("tiny", name, TrainStageConfig, [
             f"{name}.num_workers=1", f"{name}.per_device_batch={batch}", f"{name}.global_batch={batch}",
             f"{name}.precision={'bf16' if self.bf16 else 'fp32'}", f"{name}.gradient_checkpointing=false",
             f"{name}.deepspeed=deepspeed/zero{zero}.json", f"{name}.use_gpu={str(self.bf16).lower()}",
-            f"{name}.packing={str(packed).lower()}"]), name)
+            f"{name}.packing={str(packed).lower()}"])
 
     def fixed_batches(self) -> list[tuple[list[list[int]], list[list[int]], list[bytes | None]]]:
         B, seq = self.shape["fixed_batch"], self.shape["fixed_seq"]
@@ -396,10 +398,10 @@ def ours_case(bench: Bench, zero: int, ds_overrides: dict[str, Any], mixes: bool
 
     import deepspeed
 
-    from components.models.trainable import param_groups, set_trainable
     from components.train.collate import PACK_MULTIPLE, use_packed_attention
-    from components.train.engine import deepspeed_config
     from components.train.loss import supervised_loss
+    from components.train.trainable import param_groups, set_trainable
+    from components.train.zero import deepspeed_config
 
     for k, x in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
                  ("MASTER_PORT", os.environ.get("MASTER_PORT", "29517"))):
@@ -460,7 +462,7 @@ def loader_case(n: int, image_size: int) -> list[dict[str, Any]]:
     import tempfile
 
     from bench.preprocess import write_bench_data
-    from components.prepare.pixels import load_pixels
+    from components.train.pixels import load_pixels
 
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         data = write_bench_data(Path(tmp), n, (640, 480))  # COCO-sized JPEGs

@@ -10,17 +10,34 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import json
 import os
+import posixpath
 import textwrap
-from collections.abc import Callable, Iterable
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from components.core import storage
+from components.core.fields import (
+    NOT_CONFIGURED,
+    NotConfigured,
+    field_type,
+    is_scheduling,
+    item_type,
+    metadata,
+    path_field,
+)
+from components.core.paths import locate
+from components.core.redact import redact, redact_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("components", "pipelines")  # this project's top-level packages: the only code a closure follows
@@ -112,9 +129,10 @@ def import_closure(modules: Iterable[str], root: Path | None = None) -> list[Pat
 
 
 def _function_roots(fn: Callable[..., Any]) -> tuple[list[str], list[str]]:
-    """(modules, source texts) a stage body runs: its own source, the module-level functions of its module it
-    calls (transitively, by name) and the project modules those import — not its whole module, so one stage's
-    body does not depend on another's."""
+    """(modules, source texts) a stage runs: its own source, the module-level functions of its module it calls
+    (transitively, by name), the project modules those import, and its module itself (a `run_<stage>` lives in
+    its stage's own module, whose constants and helpers are part of it). A nested function or a lambda (a test's
+    stage) is its own source and what it names."""
     while hasattr(fn, "func"):  # functools.partial
         fn = fn.func  # type: ignore[attr-defined]
     module = inspect.getmodule(fn)
@@ -156,6 +174,8 @@ def _function_roots(fn: Callable[..., Any]) -> tuple[list[str], list[str]]:
                     todo.append(defs[n.id])
                 elif n.id in imports:
                     modules.append(imports[n.id])
+    if fn.__qualname__ == fn.__name__:
+        modules.append(module.__name__)
     return sorted(set(modules)), sorted(sources)
 
 
@@ -247,13 +267,121 @@ def path_digest(path: str) -> str:
     return digest
 
 
+# ---------------------------------------------------------------- a stage's arguments
+
+
+class OutputPath(str):
+    """A path in another stage's output folder. It is fingerprinted as `stage/path-under-it`: that stage's
+    fingerprint is an input of its own (the `upstream` part), and where the storage root lies, or what the
+    folder holds, adds nothing. `join` keeps it one."""
+
+    stage: str
+    rel: str
+
+    def __new__(cls, path: str, stage: str, rel: str = "") -> OutputPath:
+        obj = super().__new__(cls, path)
+        obj.stage, obj.rel = stage, rel
+        return obj
+
+    def join(self, *parts: str) -> OutputPath:
+        return OutputPath(storage.join(str(self), *parts), self.stage, posixpath.join(self.rel, *parts))
+
+    @property
+    def ref(self) -> str:
+        return posixpath.join(self.stage, self.rel) if self.rel else self.stage
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (OutputPath, (str(self), self.stage, self.rel))
+
+
+def _is_hub_name(value: str) -> bool:
+    """A model given by name (a Hugging Face Hub id), not as a path: fingerprinted by the name alone."""
+    return not storage.is_remote(value) and not Path(value).is_absolute()
+
+
+@dataclass
+class ArgsDigest:
+    """What a stage's arguments hold, as fingerprinted: plain values by key path (`finetune.optim.lr`), and the
+    content digests of the paths whose type says they are read by content."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def walk(self, value: Any, annotation: Any, key: str) -> None:
+        meta = metadata(annotation)
+        if is_scheduling(meta):
+            return  # where or how fast the stage runs, or a secret: never part of what it computes
+        if isinstance(value, OutputPath):
+            self.values[key] = f"<{value.ref}>"
+            return
+        if isinstance(value, NotConfigured):
+            self.values[key] = NOT_CONFIGURED
+            return
+        kind = path_field(meta)
+        if kind is not None and kind.content and isinstance(value, str):
+            self.values[key] = redact(value)
+            if not (kind.kind == "model" and _is_hub_name(value)):
+                self.files[key] = path_digest(locate(kind.kind, value))
+            return
+        if isinstance(value, BaseModel):
+            for name, info in type(value).model_fields.items():
+                self.walk(getattr(value, name), field_type(info), f"{key}.{name}")
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            hints = typing.get_type_hints(type(value), include_extras=True)
+            for f in dataclasses.fields(value):
+                self.walk(getattr(value, f.name), hints.get(f.name), f"{key}.{f.name}")
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                self.walk(v, item_type(annotation, mapping=True), f"{key}.{k}")
+        elif isinstance(value, list | tuple) and any(_structured(v) for v in value):
+            for i, v in enumerate(value):
+                self.walk(v, item_type(annotation, mapping=False), f"{key}.{i}")
+        else:
+            self.values[key] = redact_json(list(value) if isinstance(value, tuple) else value)
+
+
+def _structured(value: Any) -> bool:
+    return isinstance(value, BaseModel | OutputPath | NotConfigured | Mapping) or (
+        dataclasses.is_dataclass(value) and not isinstance(value, type))
+
+
+def describe_args(run: Callable[..., Any], args: Mapping[str, Any]) -> ArgsDigest:
+    """The fingerprinted view of the keyword arguments `args` of a stage's `run`: each walked with the type
+    its parameter declares (components/core/fields.py): scheduling settings and secrets left out, content-typed
+    paths hashed, paths in other stages' outputs named by stage, everything else as its value."""
+    hints = typing.get_type_hints(run, include_extras=True)
+    params = inspect.signature(run).parameters
+    digest = ArgsDigest()
+    for name, value in args.items():
+        if name not in params:
+            raise TypeError(f"{run.__module__}.{run.__qualname__} takes no argument {name!r}")
+        digest.walk(value, hints.get(name), name)
+    return digest
+
+
+def materialize(value: Any) -> Any:
+    """`value` with every OutputPath a plain str (in sections, lists and mappings too): what a stage is called
+    with. Stages never see the engine's types."""
+    if isinstance(value, OutputPath):
+        return str(value)
+    if isinstance(value, BaseModel):
+        update = {k: materialize(getattr(value, k)) for k in type(value).model_fields}
+        changed = {k: v for k, v in update.items() if v is not getattr(value, k)}
+        return value.model_copy(update=changed) if changed else value
+    if isinstance(value, dict):
+        return {k: materialize(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [materialize(v) for v in value]
+    return value
+
+
 # ---------------------------------------------------------------- fingerprints
 
 
-def stage_inputs(name: str, config: dict[str, Any], upstream: dict[str, str], code: str,
-                 files: dict[str, str] | None = None, env: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"stage": name, "config": flatten(config), "upstream": dict(sorted(upstream.items())), "code": code,
-            "files": dict(sorted((files or {}).items())), "env": dict(sorted((env or {}).items()))}
+def stage_inputs(name: str, args: dict[str, Any], upstream: dict[str, str], code: str,
+                 files: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"stage": name, "args": dict(sorted(args.items())), "upstream": dict(sorted(upstream.items())),
+            "code": code, "files": dict(sorted((files or {}).items()))}
 
 
 def fingerprint(inputs: dict[str, Any]) -> str:
@@ -265,9 +393,10 @@ def explain(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     """Why `new` differs from the inputs of an earlier output (`old`), in the user's terms."""
     if old is None:
         return ["no earlier output"]
+    if "args" not in old:
+        return ["the earlier output was made by an older version of the pipeline"]
     reasons = []
-    for part, label in (("config", "{} changed ({!r} → {!r})"), ("env", "{} changed ({!r} → {!r})"),
-                        ("files", "file {} changed")):
+    for part, label in (("args", "{} changed ({!r} → {!r})"), ("files", "file {} changed")):
         old_part, new_part = old.get(part, {}), new.get(part, {})
         for key in sorted(set(old_part) | set(new_part)):
             a, b = old_part.get(key, "<unset>"), new_part.get(key, "<unset>")

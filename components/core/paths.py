@@ -12,11 +12,22 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from components.core.config import PipelineConfig
+from pydantic import BaseModel
 
+from components.core.fields import PathKind, field_type, item_type, metadata, path_field
+
+M = TypeVar("M", bound=BaseModel)
+
+def _config_dir() -> Path:
+    """The packaged configs/ folder: a package of its own, so a non-editable install ships it too."""
+    import configs
+
+    return Path(configs.__file__).resolve().parent
+
+
+CONFIG_DIR = _config_dir()
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PLACEHOLDER = "{synth}"
 
@@ -75,36 +86,40 @@ def deepspeed_file(value: str, cwd: Path, config_dir: Path, key: str) -> str:
     return str(path)
 
 
-def resolve_local_paths(cfg: PipelineConfig, cwd: Path, config_dir: Path) -> PipelineConfig:
-    """The same config with every local path absolute (see the module docstring)."""
+_RESOLVE = {
+    "path": lambda value, cwd, config_dir, key: absolute(value, cwd),
+    "model": lambda value, cwd, config_dir, key: _model_path(value, cwd),
+    "deepspeed": deepspeed_file,
+    "sqlite": lambda value, cwd, config_dir, key: _sqlite_uri(value, cwd),
+}
 
-    def sources(items: list[Any]) -> list[Any]:
-        return [s.model_copy(update={"annotations": absolute(s.annotations, cwd),
-                                     "image_root": None if s.image_root is None else absolute(s.image_root, cwd)})
-                for s in items]
 
-    model = cfg.model
-    model = model.model_copy(update={
-        "vision": model.vision.model_copy(update={"name_or_path": _model_path(model.vision.name_or_path, cwd)}),
-        "llm": model.llm.model_copy(update={"name_or_path": _model_path(model.llm.name_or_path, cwd)}),
-        "tokenizer": model.tokenizer.model_copy(
-            update={"name_or_path": _model_path(model.tokenizer.name_or_path, cwd)}),
-    })
-    sweep = cfg.sweep
-    space = sweep.space.model_copy(update={"resolution": [
-        r.model_copy(update={"name_or_path": _model_path(r.name_or_path, cwd)}) for r in sweep.space.resolution]})
-    dev = sweep.dev.model_copy(update={"root": None if sweep.dev.root is None else absolute(sweep.dev.root, cwd)})
-    return cfg.model_copy(update={
-        "storage": absolute(cfg.storage, cwd),
-        "model": model,
-        "data": cfg.data.model_copy(update={"pretrain": sources(cfg.data.pretrain),
-                                            "finetune": sources(cfg.data.finetune)}),
-        "pretrain": cfg.pretrain.model_copy(update={
-            "deepspeed": deepspeed_file(cfg.pretrain.deepspeed, cwd, config_dir, "pretrain.deepspeed")}),
-        "finetune": cfg.finetune.model_copy(update={
-            "deepspeed": deepspeed_file(cfg.finetune.deepspeed, cwd, config_dir, "finetune.deepspeed")}),
-        "evaluate": cfg.evaluate.model_copy(update={"root": absolute(cfg.evaluate.root, cwd),
-                                                    "model": _model_path(cfg.evaluate.model, cwd)}),
-        "sweep": sweep.model_copy(update={"space": space, "dev": dev}),
-        "tracking": cfg.tracking.model_copy(update={"tracking_uri": _sqlite_uri(cfg.tracking.tracking_uri, cwd)}),
-    })
+def locate(kind: PathKind, value: str) -> str:
+    """Where a path a config holds (already resolved at load) is on this node: a packaged DeepSpeed file by
+    its name in this process's copy of the configs, anything else as it is."""
+    return str(find_deepspeed_file(value, Path.cwd(), CONFIG_DIR, "deepspeed")) if kind == "deepspeed" else value
+
+
+def resolve_local_paths(model: M, cwd: Path, config_dir: Path, prefix: str = "") -> M:
+    """The same config (any pydantic model) with every local path absolute: each field whose type is a
+    `PathField` (components/core/fields.py) is resolved by its kind, in nested sections and lists too."""
+    updates = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        resolved = _resolve(value, field_type(info), f"{prefix}{name}", cwd, config_dir)
+        if resolved is not value:
+            updates[name] = resolved
+    return model.model_copy(update=updates) if updates else model
+
+
+def _resolve(value: Any, annotation: Any, key: str, cwd: Path, config_dir: Path) -> Any:
+    if isinstance(value, BaseModel):
+        return resolve_local_paths(value, cwd, config_dir, key + ".")
+    if isinstance(value, list):
+        inner = item_type(annotation, mapping=False)
+        items = [_resolve(v, inner, f"{key}.{i}", cwd, config_dir) for i, v in enumerate(value)]
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    kind = path_field(metadata(annotation))
+    if kind is None or not isinstance(value, str):
+        return value
+    return _RESOLVE[kind.kind](value, cwd, config_dir, key)

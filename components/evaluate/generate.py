@@ -26,6 +26,7 @@ from components.core.conversation import RecordError
 from components.core.images import REJECTION_REASONS, ImageError, blank_pixels, decode_image, pixel_values
 from components.core.templates import TemplateName
 from components.core.tokenize import tokenize_prompt
+from components.models.assembly import model_image_settings
 
 ImageRef = Image.Image | bytes | str | Path | None  # decoded, encoded bytes, a path/URL, or text-only
 ImageMode = Literal["pad", "square"]
@@ -73,16 +74,6 @@ def resolve_device(device: str) -> str:
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: no CUDA GPU is visible here")
     return device
-
-
-def model_image_settings(model: LlavaForConditionalGeneration) -> tuple[int, int]:
-    """(image size fed to the tower, image positions per image in the LLM sequence) from the model config."""
-    vc = model.config.vision_config
-    size, patch = int(vc.image_size), int(vc.patch_size)
-    n = (size // patch) ** 2
-    if model.config.vision_feature_select_strategy == "full":  # CLS kept
-        n += 1
-    return size, n
 
 
 class Generator:

@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 
+from components.core.fields import SCHEDULING, SECRET, NotConfigured
 from components.core.redact import redact
 
 ENV_BASE_URL = "LLAVA_JUDGE_BASE_URL"
@@ -35,13 +36,19 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class JudgeConfig:
+    """A judged benchmark's result depends on the judge's endpoint and model (a secret query part such as
+    ?key= redacted) and on how many failed items it tolerates; never on its key, and not on how patiently or
+    how many calls at a time it is asked (SCHEDULING: a failed call never becomes a score)."""
+
     base_url: str  # e.g. https://api.openai.com/v1 (".../chat/completions" is appended unless present)
     model: str  # the paper used gpt-4-0314 (LLaVA-Bench) and gpt-4-0613 (MM-Vet); both are retired
-    api_key: str | None = field(default=None, repr=False)  # kept out of reprs and logs
-    timeout_s: float = 60.0  # per HTTP request (socket-level), so one call takes <= (retries+1) * this
-    max_retries: int = 3  # extra attempts after a retryable failure (timeout, 429, 5xx, malformed reply)
-    backoff_s: float = 1.0  # sleep before retry k is backoff_s * 2**k
-    concurrency: int = 4  # parallel requests when scoring a benchmark
+    api_key: Annotated[str | None, SECRET] = field(default=None, repr=False)  # kept out of reprs and logs
+    # per HTTP request (socket-level), so one call takes <= (retries+1) * this
+    timeout_s: Annotated[float, SCHEDULING] = 60.0
+    # extra attempts after a retryable failure (timeout, 429, 5xx, malformed reply)
+    max_retries: Annotated[int, SCHEDULING] = 3
+    backoff_s: Annotated[float, SCHEDULING] = 1.0  # sleep before retry k is backoff_s * 2**k
+    concurrency: Annotated[int, SCHEDULING] = 4  # parallel requests when scoring a benchmark
     max_failure_rate: float = 0.05  # above this fraction of failed items, no score is reported
     max_response_bytes: int = 1024 * 1024  # a longer reply is a failure, not read to the end
 
@@ -72,7 +79,7 @@ class JudgeConfig:
 
 
 @dataclass(frozen=True)
-class JudgeNotConfigured:
+class JudgeNotConfigured(NotConfigured):
     """What a judged benchmark gets when no judge is set up: a reason to report, not an error."""
 
     reason: str

@@ -14,7 +14,6 @@ from typing import Any
 
 from transformers import AutoConfig, LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
-from components.core.config import PipelineConfig
 from components.core.templates import TemplateName
 from components.export.chat_template import chat_template
 from components.models.connectors import HF_NATIVE, is_hf_native
@@ -40,13 +39,13 @@ def saved_connector_spec(model_dir: str) -> str:
     return str(getattr(config, "mm_projector_type", HF_NATIVE))
 
 
-def check_connector(spec: str, cfg: PipelineConfig) -> bool:
+def check_connector(spec: str, allow_custom: bool) -> bool:
     """True when `spec` needs our loader; raises unless transformers represents it or the opt-in is set."""
     if is_hf_native(spec):
         return False
-    if not cfg.export.allow_custom_connector:
+    if not allow_custom:
         raise ExportError(
-            f"export: the finetuned model's connector is {spec!r} (model.connector={cfg.model.connector!r}), "
+            f"export: the finetuned model's connector is {spec!r} (model.connector), "
             f"which transformers' LlavaForConditionalGeneration cannot represent (it only has {HF_NATIVE}): "
             "plain from_pretrained would load a randomly initialised projector. Train with "
             f"model.connector: {HF_NATIVE}, or set export.allow_custom_connector: true to export anyway "

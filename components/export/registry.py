@@ -20,14 +20,13 @@ _TAG_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
 
 def read_eval_results(eval_outputs: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Benchmark name → its metrics.json, for each evaluation output that has one.
+    """Benchmark name → its metrics.json, for each evaluation output (benchmark name → folder) that has one.
 
     The evaluate stage writes `<out>/<benchmark>/metrics.json`; a metrics.json directly in the folder is
     read too. Folders without one are left out (the benchmark did not finish there).
     """
     results: dict[str, dict[str, Any]] = {}
-    for stage_name, folder in sorted(eval_outputs.items()):
-        bench = stage_name.split(".", 1)[1] if stage_name.startswith("evaluate.") else stage_name
+    for bench, folder in sorted(eval_outputs.items()):
         for path in (storage.join(folder, bench, "metrics.json"), storage.join(folder, "metrics.json")):
             if not storage.exists(path):
                 continue

@@ -2,8 +2,8 @@
 fixed list with generated images.
 
 Sources, best first:
-1. the evaluated benchmarks' own questions, images included, when their folder can be read
-   (`<eval_root>/<benchmark folder>`, local or s3://, fetched on the node that runs the export);
+1. the evaluated benchmarks' own questions, images included, when their folder can be read (local or
+   s3://, fetched on the node that runs the export);
 2. the prompts in the evaluation outputs' answers.jsonl (the images are not there: generated ones stand in);
 3. FIXED_PROMPTS with generated images.
 At least one prompt is text-only when two or more are asked for, so both input paths are exercised.
@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from components.core import datafiles, storage
 from components.core.images import ImageError, decode_image
 from components.evaluate.benchmarks import BenchmarkDataError, get_benchmark
-from components.evaluate.stage import benchmark_folder
+from components.evaluate.harness import local_folder
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,10 @@ def _spread(n_items: int, k: int) -> list[int]:
     return sorted({round(i * step) for i in range(k)})
 
 
-def _bench_name(stage_name: str) -> str:
-    return stage_name.split(".", 1)[1] if stage_name.startswith("evaluate.") else stage_name
-
-
-def _from_benchmark(name: str, eval_root: str, k: int) -> list[ParityItem]:
-    """k questions spread over the benchmark's question file, with their images."""
+def _from_benchmark(name: str, source: str, k: int) -> list[ParityItem]:
+    """k questions spread over the benchmark's question file (its folder: `source`), with their images."""
     bench = get_benchmark(name)
-    root, source = benchmark_folder(eval_root, bench)  # questions fetched to this node; images read from source
+    root = local_folder(source, bench)  # questions fetched to this node; images read from source
     questions = bench.load_questions(root)
     picked = [questions[i] for i in _spread(len(questions), k)]
     items = []
@@ -119,21 +115,23 @@ def _fixed(k: int) -> list[ParityItem]:
     return [ParityItem(f"fixed:{i}", FIXED_PROMPTS[i % len(FIXED_PROMPTS)], generated_image(i)) for i in range(k)]
 
 
-def parity_items(eval_outputs: dict[str, str], n: int, *, eval_root: str | None = None) -> list[ParityItem]:
-    """`n` prompts for the parity check (see the module docstring for where they come from)."""
+def parity_items(evaluations: dict[str, str], n: int, *,
+                 benchmark_folders: dict[str, str] | None = None) -> list[ParityItem]:
+    """`n` prompts for the parity check (see the module docstring for where they come from): `evaluations`
+    maps each benchmark to its evaluation output, `benchmark_folders` to its folder of questions."""
     if n <= 0:
         return []
     per_bench: list[list[ParityItem]] = []
-    for stage_name, folder in sorted(eval_outputs.items()):
-        name = _bench_name(stage_name)
+    for name, folder in sorted(evaluations.items()):
         items: list[ParityItem] = []
-        if eval_root is not None:
+        source = (benchmark_folders or {}).get(name)
+        if source is not None:
             try:
-                items = _from_benchmark(name, eval_root, n)
+                items = _from_benchmark(name, source, n)
             except (BenchmarkDataError, ImageError, OSError, ValueError) as e:
                 # Unreadable here (e.g. another machine's path): the answers file still has the prompts.
                 log.warning("export parity: %s questions not readable under %s (%s); using answers.jsonl",
-                            name, eval_root, e)
+                            name, source, e)
         per_bench.append(items or _from_answers(name, folder, n))
     # Round-robin over benchmarks, so a small sample still covers several of them.
     chosen = [it for it in chain.from_iterable(zip_longest(*per_bench)) if it is not None][:n]

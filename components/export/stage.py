@@ -16,33 +16,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import AutoConfig
-
 from components.core import storage
-from components.core.config import PipelineConfig
-from components.core.mlflow_target import MlflowTarget
+from components.core.fields import DataFile
+from components.core.stage_run import StageRun
 from components.core.templates import TemplateName
-from components.export.chat_template import chat_template
-from components.export.package import (
-    CUSTOM_LOADER,
-    check_connector,
-    model_card,
-    saved_connector_spec,
-    write_model_dir,
-)
-from components.export.parity import PARITY_MAX_NEW_TOKENS, parity_failure, run_parity
-from components.export.registry import eval_tags, read_eval_results, register_model
-from components.export.samples import parity_items
-from components.models.assembly import load_llava
-from components.models.remote import localize
-from components.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 def _export_model(model_dir: str, dest: Path, *, template: TemplateName, card: str) -> list[str]:
     """Load the finetuned model in its saved dtype and write the transformers folder to local `dest`."""
+    import torch
+    from transformers import AutoConfig
+
+    from components.export.package import write_model_dir
+    from components.models.assembly import load_llava
+    from components.models.remote import localize
+    from components.models.tokenizer import load_tokenizer
+
     dtype = AutoConfig.from_pretrained(localize(model_dir)).dtype
     model = load_llava(model_dir, dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
     tokenizer = load_tokenizer(model_dir)
@@ -54,42 +45,43 @@ def _export_model(model_dir: str, dest: Path, *, template: TemplateName, card: s
     return files
 
 
-def _questions_root(cfg: PipelineConfig, eval_root: str | None) -> str | None:
-    """Where the benchmark folders are, if this stage can know it ({synth} is another stage's output)."""
-    if eval_root is not None:
-        return eval_root
-    return None if "{synth}" in cfg.evaluate.root else cfg.evaluate.root
-
-
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def run_export(
-    cfg: PipelineConfig,
     *,
-    model_dir: str,
-    out: str,
-    eval_outputs: dict[str, str],
-    pipeline_fingerprint: str,
-    mlflow: MlflowTarget | None,
-    eval_root: str | None = None,
-    parity_max_new_tokens: int = PARITY_MAX_NEW_TOKENS,
+    model: str,
+    evaluations: dict[str, str],
+    benchmark_folders: dict[str, DataFile],
+    template: TemplateName,
+    parity_sample: int,
+    allow_custom_connector: bool,
+    registered_name: str,
+    pipeline: str,
+    run: StageRun,
+    parity_max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """Export `model_dir` to `out/model`, check parity, register it; returns the stage metrics.
+    """Export the finetuned `model` to `out/model`, check parity, register it; returns the stage metrics.
 
-    `eval_outputs` maps evaluate stage names to their output folders (metrics.json → registry tags,
-    questions → parity prompts). `eval_root` is the folder holding the benchmark folders; without it,
-    evaluate.root is used when it does not refer to another stage's output. `parity_max_new_tokens` caps
-    each parity answer.
+    `evaluations` maps each evaluated benchmark to its evaluation output (metrics.json → registry tags;
+    answers → parity prompts), `benchmark_folders` to its folder of questions (parity prompts with their
+    images). `parity_sample` questions are answered by plain transformers and by our path and must match;
+    `parity_max_new_tokens` caps each answer (default: PARITY_MAX_NEW_TOKENS). The model is registered as
+    `registered_name`, tagged with the `pipeline` and this stage's fingerprint.
     """
+    from components.export.chat_template import chat_template
+    from components.export.package import CUSTOM_LOADER, check_connector, model_card, saved_connector_spec
+    from components.export.parity import PARITY_MAX_NEW_TOKENS, parity_failure, run_parity
+    from components.export.registry import eval_tags, read_eval_results, register_model
+    from components.export.samples import parity_items
+
+    model_dir, out, mlflow, pipeline_fingerprint, name = model, run.out, run.mlflow, run.fingerprint, registered_name
     spec = saved_connector_spec(model_dir)
-    custom = check_connector(spec, cfg)
-    template = cfg.evaluate.template
+    custom = check_connector(spec, allow_custom_connector)
     chat_template(template)  # fails now, before any weights are read, for a template without one
-    results = read_eval_results(eval_outputs)
+    results = read_eval_results(evaluations)
     tags = eval_tags(results)
-    name = cfg.export.registered_model_name or cfg.name
     card = model_card(name=name, spec=spec, custom=custom, fingerprint=pipeline_fingerprint, eval_tags=tags)
 
     remote = storage.is_remote(out)
@@ -98,9 +90,9 @@ def run_export(
     try:
         local.mkdir(parents=True, exist_ok=True)
         files = _export_model(model_dir, local / "model", template=template, card=card)
-        items = parity_items(eval_outputs, cfg.export.parity_sample, eval_root=_questions_root(cfg, eval_root))
+        items = parity_items(evaluations, parity_sample, benchmark_folders=dict(benchmark_folders))
         report = run_parity(model_dir, str(local / "model"), items, template=template, custom_connector=custom,
-                            max_new_tokens=parity_max_new_tokens)
+                            max_new_tokens=parity_max_new_tokens or PARITY_MAX_NEW_TOKENS)
         if not items:
             report["ok"] = None  # export.parity_sample: 0 — nothing was checked
         (local / "parity.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
@@ -134,7 +126,7 @@ def run_export(
             version_tags = {
                 **tags,
                 "pipeline_fingerprint": pipeline_fingerprint,
-                "pipeline": cfg.name,
+                "pipeline": pipeline,
                 "mm_projector_type": spec,
                 "loader": summary["loader"],
                 "parity_checked": str(report["n_checked"]),
@@ -143,7 +135,7 @@ def run_export(
             }
             version = register_model(mlflow, name=name, local_dir=str(local / "model"), tags=version_tags,
                                      as_pyfunc=not custom,
-                                     description=f"Exported from {model_dir} by pipeline {cfg.name} "
+                                     description=f"Exported from {model_dir} by pipeline {pipeline} "
                                                  f"(fingerprint {pipeline_fingerprint}).")
             log.info("export: registered %s version %s", name, version)
     finally:

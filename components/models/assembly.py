@@ -1,4 +1,4 @@
-"""Build a `LlavaForConditionalGeneration` from a ModelConfig: random-init towers or real checkpoints.
+"""Build a `LlavaForConditionalGeneration` from a ModelSpec: random-init towers or real checkpoints.
 
 Both paths make a CLIPVisionModel and a causal LM first, then place them into a LlavaForConditionalGeneration
 skeleton created on the meta device, so a 7B model is never allocated twice. The connector is always fresh
@@ -28,9 +28,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from components.core.config import ModelConfig
 from components.models.connectors import HF_NATIVE, connector_of, is_hf_native, set_connector
 from components.models.remote import localize
+from components.models.spec import AUTO, ModelSpec, VisionConfig
 from components.models.tokenizer import image_token_id
 
 # LLaVA's feature_select names → transformers' vision_feature_select_strategy.
@@ -46,10 +46,9 @@ def _checkpoint_vision_config(name_or_path: str) -> CLIPVisionConfig:
         raise ValueError(f"model.vision.name_or_path={name_or_path!r}: cannot read a CLIP config: {e}") from None
 
 
-def _vision_config(cfg: ModelConfig) -> CLIPVisionConfig:
+def _vision_config(v: VisionConfig) -> CLIPVisionConfig:
     """The vision tower's config, with the resolution actually fed to it."""
-    v = cfg.vision
-    if v.image_size == "auto":
+    if v.image_size == AUTO:
         raise ValueError("model.vision.image_size is 'auto': the sweep must resolve it to a size before build")
     if v.random_init is not None:
         r = v.random_init
@@ -78,16 +77,27 @@ def _vision_config(cfg: ModelConfig) -> CLIPVisionConfig:
     return base
 
 
-def vision_image_size(cfg: ModelConfig) -> int:
+def vision_image_size(vision: VisionConfig) -> int:
     """Resolution (pixels per side) fed to the vision tower: the override, else the checkpoint's/random_init's."""
-    return int(_vision_config(cfg).image_size)
+    return int(_vision_config(vision).image_size)
 
 
-def num_image_tokens(cfg: ModelConfig) -> int:
+def num_image_tokens(vision: VisionConfig) -> int:
     """Image positions per image in the LLM sequence: (image_size / patch)², plus one with cls_patch."""
-    vc = _vision_config(cfg)
+    vc = _vision_config(vision)
     n = (vc.image_size // vc.patch_size) ** 2
-    return n + 1 if cfg.vision.feature_select == "cls_patch" else n
+    return n + 1 if vision.feature_select == "cls_patch" else n
+
+
+def model_image_settings(model: LlavaForConditionalGeneration) -> tuple[int, int]:
+    """(image size fed to the tower, image positions per image in the LLM sequence) of a built or saved model,
+    from its config: `num_image_tokens` for a model at hand."""
+    vc = model.config.vision_config
+    size, patch = int(vc.image_size), int(vc.patch_size)
+    n = (size // patch) ** 2
+    if model.config.vision_feature_select_strategy == "full":  # CLS kept
+        n += 1
+    return size, n
 
 
 def _resize_positions(tower: CLIPVisionModel, vc: CLIPVisionConfig) -> CLIPVisionModel:
@@ -107,10 +117,10 @@ def _resize_positions(tower: CLIPVisionModel, vc: CLIPVisionConfig) -> CLIPVisio
     return resized
 
 
-def _vision_tower(cfg: ModelConfig, vc: CLIPVisionConfig, dtype: torch.dtype) -> CLIPVisionModel:
-    if cfg.vision.random_init is not None:
+def _vision_tower(vision: VisionConfig, vc: CLIPVisionConfig, dtype: torch.dtype) -> CLIPVisionModel:
+    if vision.random_init is not None:
         return CLIPVisionModel(vc)
-    name = cfg.vision.name_or_path
+    name = vision.name_or_path
     try:
         tower = CLIPVisionModel.from_pretrained(localize(name), dtype=dtype)
     except (OSError, ValueError) as e:
@@ -120,7 +130,7 @@ def _vision_tower(cfg: ModelConfig, vc: CLIPVisionConfig, dtype: torch.dtype) ->
     return tower
 
 
-def _language_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> PreTrainedModel:
+def _language_model(cfg: ModelSpec, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> PreTrainedModel:
     if cfg.llm.random_init is not None:
         r = cfg.llm.random_init
         tc = LlamaConfig(
@@ -144,19 +154,19 @@ def _language_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype:
 
 
 def build_model(
-    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, dtype: torch.dtype = torch.float32, seed: int = 0
+    cfg: ModelSpec, tokenizer: PreTrainedTokenizerBase, *, dtype: torch.dtype = torch.float32, seed: int = 0
 ) -> LlavaForConditionalGeneration:
     """A LlavaForConditionalGeneration per `cfg`, in eval mode, with a freshly initialised connector.
 
     Random parts (towers, connector, new embedding rows) come from `seed`; the global RNG is left untouched.
     `tokenizer` must have the LLaVA tokens (`add_llava_tokens`); the embeddings are grown to len(tokenizer).
     """
-    if cfg.connector == "auto":
+    if cfg.connector == AUTO:
         raise ValueError("model.connector is 'auto': the sweep must resolve it to a concrete spec before build")
-    vc = _vision_config(cfg)
+    vc = _vision_config(cfg.vision)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        tower = _vision_tower(cfg, vc, dtype)
+        tower = _vision_tower(cfg.vision, vc, dtype)
         llm = _language_model(cfg, tokenizer, dtype)
         lm_head = llm.get_output_embeddings()
         if not isinstance(lm_head, nn.Linear):
@@ -166,7 +176,7 @@ def build_model(
             vision_config=tower.config,
             text_config=llm.config,
             image_token_index=image_token_id(tokenizer),
-            image_seq_length=num_image_tokens(cfg),
+            image_seq_length=num_image_tokens(cfg.vision),
             vision_feature_layer=cfg.vision.feature_layer,
             vision_feature_select_strategy=SELECT_STRATEGY[cfg.vision.feature_select],
             projector_hidden_act="gelu",

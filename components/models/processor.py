@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from components.core.images import CLIP_MEAN, CLIP_STD
-from components.evaluate.generate import model_image_settings
+from components.models.assembly import model_image_settings
 
 
 def image_processor(mode: Literal["pad", "square"], size: int) -> LlavaImageProcessorPil:

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from components.core import storage
-from components.core.config import DataSource
 from components.core.tokenize import Tokenizer
+from components.prepare.spec import DataSource
 
 from .json_tokenizer import load_json_tokenizer
 from .process import KEPT_SCHEMA, PrepareSettings, SourceInfo, process_records, raw_from_row, raw_to_row

@@ -1,7 +1,7 @@
-"""The whole `prepare` stage for a pipeline config: tokenizer, then the pretrain and finetune datasets.
+"""The whole `prepare` stage: tokenizer, then the pretrain and finetune datasets.
 
-Output under `out`: tokenizer/ (trained locally for a tiny model, else the checkpoint's with the LLaVA
-tokens added), pretrain/ and finetune/ (shards, stats.json, rejected.jsonl each).
+Output: tokenizer/ (trained locally for a tiny model, else the checkpoint's with the LLaVA tokens added),
+pretrain/ and finetune/ (shards, stats.json, rejected.jsonl each).
 """
 
 from __future__ import annotations
@@ -11,25 +11,16 @@ from collections.abc import Iterator
 from typing import Any
 
 from components.core import storage
-from components.core.config import DataSource, PipelineConfig, fill_synth, model_for_prepare
+from components.core.stage_run import StageRun
 from components.core.templates import VICUNA_SYSTEM
+from components.models.spec import TokenizerConfig, VisionConfig
 
-from .dataset import prepare_dataset
-from .process import PrepareSettings
 from .records import split_records
+from .spec import DatasetSpec, DataSource, PrepareConfig
 
 # Strings every prompt carries; a locally trained tokenizer should know them well.
 TEMPLATE_TEXTS = (VICUNA_SYSTEM, "USER: ASSISTANT:", "Answer the question using a single word or phrase.",
                   "Answer with the option's letter from the given choices directly.")
-
-
-def resolve_sources(sources: list[DataSource], synth_root: str | None) -> list[DataSource]:
-    """Fill `{synth}` in annotation and image paths with the synthetic world's folder."""
-    def fill(path: str | None) -> str | None:
-        return None if path is None else fill_synth(path, synth_root, f"data path {path!r}")
-
-    return [s.model_copy(update={"annotations": fill(s.annotations), "image_root": fill(s.image_root)})
-            for s in sources]
 
 
 def corpus_texts(sources: list[DataSource]) -> Iterator[str]:
@@ -45,36 +36,40 @@ def corpus_texts(sources: list[DataSource]) -> Iterator[str]:
                     yield turn["value"].replace("<image>", "")
 
 
-def build_tokenizer(cfg: PipelineConfig, sources: list[DataSource], out: str) -> str:
+def build_tokenizer(tokenizer: TokenizerConfig, sources: list[DataSource], out: str) -> str:
     """Write the run's tokenizer to `out` and return that path."""
     from components.models.tokenizer import load_tokenizer, train_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        if cfg.model.tokenizer.name_or_path:
-            load_tokenizer(cfg.model.tokenizer.name_or_path).save_pretrained(tmp)
+        if tokenizer.name_or_path:
+            load_tokenizer(tokenizer.name_or_path).save_pretrained(tmp)
         else:
-            train_tokenizer(corpus_texts(sources), cfg.model.tokenizer.vocab_size, tmp)
+            train_tokenizer(corpus_texts(sources), tokenizer.vocab_size, tmp)
         storage.upload_dir(tmp, out)
     return out
 
 
-def run_prepare(cfg: PipelineConfig, out: str, synth_root: str | None = None) -> dict[str, Any]:
-    """Tokenizer + both datasets; returns their stats."""
+def run_prepare(*, datasets: dict[str, DatasetSpec], prepare: PrepareConfig, tokenizer: TokenizerConfig,
+                vision: VisionConfig, run: StageRun) -> dict[str, Any]:
+    """The tokenizer (trained on every dataset's text, or the checkpoint's), then each dataset, tokenized with
+    image blocks sized for `vision`; returns the counts per dataset."""
     from components.models.assembly import num_image_tokens
 
-    pretrain = resolve_sources(cfg.data.pretrain, synth_root)
-    finetune = resolve_sources(cfg.data.finetune, synth_root)
-    tok_dir = build_tokenizer(cfg, pretrain + finetune, storage.join(out, "tokenizer"))
-    n_img = num_image_tokens(model_for_prepare(cfg))
-    result: dict[str, Any] = {"tokenizer": tok_dir}
-    for name, stage, sources in (("pretrain", cfg.pretrain, pretrain), ("finetune", cfg.finetune, finetune)):
-        p = cfg.prepare
-        settings = PrepareSettings(template=stage.template, num_image_tokens=n_img, max_length=stage.max_length,
+    from .dataset import prepare_dataset
+    from .process import PrepareSettings
+
+    tok_dir = build_tokenizer(tokenizer, [s for d in datasets.values() for s in d.sources],
+                              storage.join(run.out, "tokenizer"))
+    n_img = num_image_tokens(vision)
+    metrics: dict[str, Any] = {}
+    for name, data in datasets.items():
+        p = prepare
+        settings = PrepareSettings(template=data.template, num_image_tokens=n_img, max_length=data.max_length,
                                    over_length=p.over_length, max_image_pixels=p.max_image_pixels,
                                    max_image_bytes=p.max_image_bytes, max_image_side=p.max_image_side,
                                    max_aspect_ratio=p.max_aspect_ratio, max_line_bytes=p.max_line_bytes,
                                    duplicate_ids=p.duplicate_ids, max_rejected_fraction=p.max_rejected_fraction)
-        result[name] = prepare_dataset(sources, storage.join(out, name), settings, tok_dir,
-                                       cpus_per_task=cfg.prepare.cpus_per_task,
-                                       rows_per_shard=cfg.prepare.rows_per_shard)
-    return result
+        stats = prepare_dataset(data.sources, storage.join(run.out, name), settings, tok_dir,
+                                cpus_per_task=p.cpus_per_task, rows_per_shard=p.rows_per_shard)
+        metrics.update({f"{name}_{key}": stats[key] for key in ("total", "kept", "rejected", "truncated")})
+    return metrics

@@ -26,11 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from components.core import storage
-from components.core.config import PipelineConfig
+from components.core.fields import DataFile
 from components.core.mlflow_target import MlflowTarget
+from components.core.stage_run import StageRun
+from components.core.templates import TemplateName
+from components.models.spec import ModelSpec
+from components.train.spec import TrainStageConfig
 
 from .report import best_json, heatmap_png, table_rows, to_csv, to_markdown
-from .space import TrialPoint, grid, point_for, rung_steps, trial_config
+from .space import TrialPoint, TrialSetup, grid, point_for, rung_steps, trial_setup
+from .spec import SweepConfig
 
 LOSS_METRICS = ("train_loss", "pretrain_loss")
 REPORTED = ("rung", "wall_s", "train_s", "eval_s", "pretrain_steps", "finetune_steps", *LOSS_METRICS)
@@ -40,22 +45,30 @@ REPORTED = ("rung", "wall_s", "train_s", "eval_s", "pretrain_steps", "finetune_s
 class SweepSetup:
     """What every trial needs (shipped to the trial processes)."""
 
-    cfg: PipelineConfig
+    sweep: SweepConfig
+    model: ModelSpec  # the searched dimensions `auto`: each trial sets its point
+    pretrain: TrainStageConfig
+    finetune: TrainStageConfig
+    seed: int
+    template: TemplateName  # the prompt template of the dev evaluation
     prepared: str  # the prepare stage's output: tokenizer + shards, shared by every trial
-    eval_root: str  # folder with the dev benchmark's folder (local or s3://)
+    dev_folder: str  # the dev benchmark's folder (local or s3://)
     out: str  # the sweep stage's output folder
     train_storage: str  # Ray Train run storage
     run_prefix: str  # unique per sweep attempt; trial runs are named from it
     metric: str
     mlflow: MlflowTarget | None  # the sweep stage's run: trials nest under it
 
+    def trial(self, point: TrialPoint) -> TrialSetup:
+        return trial_setup(self.sweep, self.model, self.pretrain, self.finetune, point)
 
-def dev_benchmark(cfg: PipelineConfig) -> Any:
+
+def dev_benchmark(sweep: SweepConfig) -> Any:
     """The registry entry of sweep.dev.benchmark, checked to be usable for a sweep."""
     from components.evaluate.benchmarks import UnknownBenchmark, get_benchmark
 
     try:
-        bench = get_benchmark(cfg.sweep.dev.benchmark)
+        bench = get_benchmark(sweep.dev.benchmark)
     except UnknownBenchmark as e:
         raise ValueError(f"sweep.dev.benchmark: {e}") from None
     if bench.needs_judge:
@@ -64,8 +77,8 @@ def dev_benchmark(cfg: PipelineConfig) -> Any:
     return bench
 
 
-def sweep_metric(cfg: PipelineConfig, bench: Any) -> str:
-    metric = cfg.sweep.metric or bench.metric
+def sweep_metric(sweep: SweepConfig, bench: Any) -> str:
+    metric = sweep.metric or bench.metric
     allowed = (bench.metric, *LOSS_METRICS)
     if metric not in allowed:
         raise ValueError(f"sweep.metric: {metric!r} is not reported by the trials; choose one of {list(allowed)}")
@@ -126,7 +139,7 @@ def _trainable(job: SweepSetup) -> Any:
                 thread.join(timeout=300)  # the trial function returns once its Train run has ended
             super().cleanup()
 
-    return tune.with_resources(Trial, {"cpu": job.cfg.sweep.resources.driver_cpus})
+    return tune.with_resources(Trial, {"cpu": job.sweep.resources.driver_cpus})
 
 
 def _await_decision(gate: str, rung: int, rank: int, timeout_s: float = 600.0) -> bool:
@@ -165,15 +178,15 @@ def _trial(config: dict[str, Any], job: SweepSetup) -> None:
             if "rung" in metrics[0]:
                 super().after_report(run_context, metrics, None)
 
-    point = point_for(job.cfg, config["connector"], config["image_size"])
-    tcfg = trial_config(job.cfg, point)
+    point = point_for(job.sweep, job.model, config["connector"], config["image_size"])
+    trial = job.trial(point)
     target = _trial_run(job, point, tune.get_context().get_trial_id())
     name = f"{job.run_prefix}-{point.key}"
     _GATE[:] = [storage.join(job.train_storage, name)]
     rows = {stage: ray.put(read_shards(job.prepared, stage, ROW_COLUMNS)) for stage in ("pretrain", "finetune")}
     fit(_trial_loop, {"job": job, "point": point, "mlflow": target, "rows": rows, "gate": _GATE[0],
                       "started": time.time()},
-        tcfg.finetune, run_name=name, storage_path=job.train_storage, callbacks=[RungsToTune()])
+        trial.finetune, run_name=name, storage_path=job.train_storage, callbacks=[RungsToTune()])
 
 
 def _stage(job: Any, rt: Any) -> dict[str, Any] | None:
@@ -195,34 +208,35 @@ def _trial_loop(config: dict[str, Any]) -> None:
     job: SweepSetup = config["job"]
     point: TrialPoint = config["point"]
     target: MlflowTarget | None = config["mlflow"]
-    cfg, sweep = job.cfg, job.cfg.sweep
-    tcfg = trial_config(cfg, point)
-    bench = dev_benchmark(cfg)
+    sweep, trial = job.sweep, job.trial(point)
+    bench = dev_benchmark(sweep)
     folder = storage.join(job.out, "trials", point.key)
     started, gate = config["started"], config["gate"]
     stop_file = storage.join(gate, "STOP")
     try:
         t0 = time.time()
         rt = RayRuntime(config["rows"]["pretrain"], stop_file)
-        pre = _stage(plan(tcfg, "pretrain", prepared=job.prepared, out=storage.join(folder, "pretrain"),
-                          mlflow=target), rt)
+        pre = _stage(plan("pretrain", trial.pretrain, trial.model, job.seed, prepared=job.prepared,
+                          out=storage.join(folder, "pretrain"), mlflow=target), rt)
         train_s, eval_s = time.time() - t0, 0.0
         connector = storage.join(folder, "pretrain", "connector.safetensors")
         rt = RayRuntime(config["rows"]["finetune"], stop_file)
-        stops = rung_steps(plan(tcfg, "finetune", prepared=job.prepared, out="").total_steps, sweep.rungs)
+        finetune = plan("finetune", trial.finetune, trial.model, job.seed, prepared=job.prepared, out="")
+        stops = rung_steps(finetune.total_steps, sweep.rungs)
         for rung, stop in enumerate(stops, 1):
             seg = storage.join(folder, f"rung{rung}")
             reported = storage.join(seg, "reported.json")
             if not storage.exists(reported):  # a restarted worker group skips the rungs Tune has
                 t0 = time.time()
-                fin = _stage(plan(tcfg, "finetune", prepared=job.prepared, out=storage.join(seg, "finetune"),
-                                  init_connector=connector, mlflow=target, stop_at_step=stop), rt)
+                fin = _stage(plan("finetune", trial.finetune, trial.model, job.seed, prepared=job.prepared,
+                                  out=storage.join(seg, "finetune"), init_connector=connector, mlflow=target,
+                                  stop_at_step=stop), rt)
                 train_s += time.time() - t0
                 metrics: dict[str, Any] = {}
                 if rt.rank == 0:  # the others wait in the report below
                     assert pre is not None and fin is not None
                     t0 = time.time()
-                    value = _dev_value(job, tcfg, bench, seg)
+                    value = _dev_value(job, trial, bench, seg)
                     eval_s += time.time() - t0
                     metrics = {
                         bench.metric: float(value) if value is not None else math.nan, "rung": rung,
@@ -246,18 +260,17 @@ def _trial_loop(config: dict[str, Any]) -> None:
         print(f"[sweep] {point.key}: {e}", flush=True)
 
 
-def _dev_value(job: SweepSetup, tcfg: PipelineConfig, bench: Any, seg: str) -> float | None:
+def _dev_value(job: SweepSetup, trial: TrialSetup, bench: Any, seg: str) -> float | None:
     """The dev benchmark's metric for the rung's model (rank 0, in this process, on its device)."""
-    from components.evaluate.stage import run_evaluate
+    from components.evaluate.harness import evaluate_benchmarks
 
-    dev = job.cfg.sweep.dev
+    dev = job.sweep.dev
     with storage.staged_dir(storage.join(seg, "eval")) as eval_out:
-        (result,) = run_evaluate(
-            [bench.name], model_dir=storage.join(seg, "finetune", "model"),
-            eval_root=job.eval_root,  # as stored (maybe s3://): run_evaluate fetches it on this node
-            out_dir=eval_out, template=job.cfg.evaluate.template, batch_size=dev.batch_size, num_actors=1,
-            use_gpu=tcfg.finetune.use_gpu, limit=dev.limit,
-            cpus_per_actor=max(1.0, job.cfg.sweep.resources.driver_cpus), in_process=True)
+        (result,) = evaluate_benchmarks(
+            {bench.name: job.dev_folder},  # as stored (maybe s3://): its questions are fetched to this node
+            model_dir=storage.join(seg, "finetune", "model"), out_dir=eval_out, template=job.template,
+            batch_size=dev.batch_size, num_actors=1, use_gpu=trial.finetune.use_gpu, limit=dev.limit,
+            cpus_per_actor=max(1.0, job.sweep.resources.driver_cpus), in_process=True)
     return result.get("value")
 
 
@@ -271,14 +284,14 @@ def _remove(path: str) -> None:
         print(f"[sweep] could not remove {path}: {e}", flush=True)
 
 
-def _records(results: Any, cfg: PipelineConfig, metrics: tuple[str, ...]) -> list[dict[str, Any]]:
+def _records(results: Any, job: SweepSetup, metrics: tuple[str, ...]) -> list[dict[str, Any]]:
     """One record per grid point (grid order), from Tune's results: every reported rung, status, error."""
     by_point: dict[tuple[str, int | None], Any] = {}
     for r in results:
         by_point[(r.config["connector"], r.config["image_size"])] = r
     keep = tuple(dict.fromkeys((*metrics, *REPORTED)))
     records = []
-    for point in grid(cfg):
+    for point in grid(job.sweep, job.model):
         r = by_point.get((point.connector, point.image_size))
         rungs: list[dict[str, Any]] = []
         run_id, trial_id, error = None, None, None
@@ -291,7 +304,7 @@ def _records(results: Any, cfg: PipelineConfig, metrics: tuple[str, ...]) -> lis
             error = f"{type(r.error).__name__}: {r.error}" if r.error else None
         else:
             error = "Tune returned no result for this point"
-        status = "error" if error else ("completed" if len(rungs) >= cfg.sweep.rungs else "stopped")
+        status = "error" if error else ("completed" if len(rungs) >= job.sweep.rungs else "stopped")
         records.append({**point.as_dict(), "key": point.key, "trial_id": trial_id, "status": status,
                         "rungs": rungs, "error": error, "mlflow_run_id": run_id or None})
     return records
@@ -337,22 +350,24 @@ def _close_trial_runs(job: SweepSetup, records: list[dict[str, Any]]) -> None:
             print(f"[sweep] could not finish MLflow run of {t['key']}: {e}", flush=True)
 
 
-def run_sweep(cfg: PipelineConfig, *, prepared: str, eval_root: str, out: str, storage_root: str, fingerprint: str,
-              mlflow: MlflowTarget | None = None) -> dict[str, Any]:
-    """Run the sweep and write its outputs to `out`; returns the stage metrics."""
+def run_sweep(*, sweep: SweepConfig, model: ModelSpec, pretrain: TrainStageConfig, finetune: TrainStageConfig,
+              seed: int, prepared: str, dev_folder: DataFile, template: TemplateName, run: StageRun) -> dict[str, Any]:
+    """Search connector × resolution (each trial: a proxy pretrain and finetune of `prepared` with `model` at its
+    point, scored on the dev benchmark in `dev_folder` after each rung); write the outputs; return the metrics."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    sweep = cfg.sweep
-    bench = dev_benchmark(cfg)
-    metric = sweep_metric(cfg, bench)
-    points = grid(cfg)
-    for point in points:  # every trial config is valid before any trial starts
-        trial_config(cfg, point)
+    bench = dev_benchmark(sweep)
+    metric = sweep_metric(sweep, bench)
     attempt = time.strftime("%Y%m%d-%H%M%S")
-    job = SweepSetup(cfg=cfg, prepared=prepared, eval_root=eval_root, out=out,
-                   train_storage=storage.join(storage_root, "ray_train"), run_prefix=f"sweep-{fingerprint}-{attempt}",
-                   metric=metric, mlflow=mlflow)
+    job = SweepSetup(sweep=sweep, model=model, pretrain=pretrain, finetune=finetune, seed=seed, template=template,
+                     prepared=prepared, dev_folder=dev_folder, out=run.out,
+                     train_storage=storage.join(run.storage, "ray_train"),
+                     run_prefix=f"sweep-{run.fingerprint}-{attempt}", metric=metric, mlflow=run.mlflow)
+    points = grid(sweep, model)
+    for point in points:  # every trial's setup is valid before any trial starts
+        job.trial(point)
+    out, mlflow, storage_root = run.out, run.mlflow, run.storage
     tune_storage = storage.join(storage_root, "ray_tune")
     fs, inner = storage.pyarrow_filesystem(tune_storage) if storage.is_remote(tune_storage) else (
         None, os.path.abspath(tune_storage))
@@ -374,7 +389,7 @@ def run_sweep(cfg: PipelineConfig, *, prepared: str, eval_root: str, out: str, s
     started = time.time()
     results = tuner.fit()
     wall = time.time() - started
-    records = _records(results, cfg, (metric, bench.metric))
+    records = _records(results, job, (metric, bench.metric))
     _close_trial_runs(job, records)
     for point in points:  # the trials' Train runs (checkpoints between rungs) served the sweep only
         _remove(storage.join(job.train_storage, f"{job.run_prefix}-{point.key}"))

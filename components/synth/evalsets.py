@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from random import Random
 from typing import Any
 
-from components.evaluate.benchmarks.base import SYNTHETIC_MARKER
+from components.core.provenance import SYNTHETIC_MARKER
 from components.synth.eval_choice import build_mmbench, build_seed, build_sqa
 from components.synth.eval_common import Bench
 from components.synth.eval_open import build_llava_bench, build_mmvet
@@ -74,7 +74,7 @@ def write_eval_sets(
         )
         spec.build(bench, popularity)
         # Scores on these files say nothing about a real model: scorers see this marker and leave the paper's
-        # numbers out (components/evaluate/benchmarks/base.py, SYNTHETIC_MARKER).
+        # numbers out (components/core/provenance.py).
         w.text(bench.path(SYNTHETIC_MARKER), [SYNTHETIC_NOTE], role=f"{split}_marker", benchmark=name)
         out[name] = bench.summary()
     return out

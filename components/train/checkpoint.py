@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,10 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 META = "meta.json"
+
+
+class CheckpointMismatch(RuntimeError):
+    """The run's checkpoint cannot be resumed by this run as configured (the message says what to change)."""
 
 
 def rng_file(folder: str | Path, rank: int) -> Path:
@@ -73,33 +76,16 @@ def restore(engine: Any, rt: Runtime, stage: str) -> dict[str, Any] | None:
         meta = json.loads((Path(folder) / META).read_text())
         if meta.get("stage", stage) != stage:
             return None
+        # Every rank saves its RNG file: an older checkpoint without world_size in its meta says so by their count.
+        saved = meta.get("world_size") or len(list(Path(folder).glob("rng_rank*.safetensors")))
+        if saved != rt.world:  # ZeRO partitions optimizer state per rank: another world cannot load it as is
+            raise CheckpointMismatch(
+                f"{stage}: the checkpoint at step {meta['step']} was written by {saved} workers, and this run "
+                f"has {rt.world}; ZeRO keeps one optimizer shard per worker. Set {stage}.num_workers={saved} to "
+                f"resume from it, or rerun with --force {stage} to start {stage} over on {rt.world} workers")
         # Frozen weights are not in the checkpoint (see module docstring), hence not strict.
         load_path, _ = engine.load_checkpoint(folder, tag=meta["tag"], load_module_strict=False)
         if load_path is None:
             raise RuntimeError(f"{folder}: DeepSpeed found no checkpoint under tag {meta['tag']!r}")
-        rng = rng_file(folder, rt.rank)
-        if rng.exists():  # a different world size leaves some ranks without one: keep their seed
-            load_rng_state(rng)
+        load_rng_state(rng_file(folder, rt.rank))
     return meta
-
-
-def wait_until_registered(timeout_s: float = 120.0) -> bool:
-    """Block until Ray Train's controller has registered a reported checkpoint (its snapshot file names one).
-
-    The controller polls workers every few seconds, so a checkpoint reported just before a worker dies may
-    never be registered; fault-injection tests call this before killing a worker so the resume is certain.
-    """
-    import ray.train
-
-    storage = ray.train.get_context().get_storage()
-    fs, path = storage.storage_filesystem, storage.checkpoint_manager_snapshot_path
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with fs.open_input_stream(path) as f:
-                if json.loads(f.read()).get("latest_checkpoint_result"):
-                    return True
-        except (FileNotFoundError, OSError, ValueError):
-            pass  # not written yet, or caught mid-write
-        time.sleep(0.5)
-    return False

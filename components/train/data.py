@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from components.core import storage
-from components.prepare.pixels import PixelLoader
+
+from .pixels import PixelLoader
 
 ROW_COLUMNS = ["id", "image", "input_ids", "labels"]
 

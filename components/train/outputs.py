@@ -20,12 +20,12 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
 from components.core import storage
-from components.core.config import TrainStageConfig
 from components.models.connectors import HF_NATIVE, connector_of, save_connector, set_connector, unwrap_llava
 from components.models.processor import build_processor
-from components.models.trainable import apply_lora, merge_lora
 
-from .engine import full_state_dict
+from .spec import TrainStageConfig
+from .trainable import apply_lora, merge_lora
+from .zero import full_state_dict
 
 
 def write_pretrain_output(module: nn.Module, out: str, rank: int) -> None:

@@ -4,7 +4,7 @@ Reads in run order: `plan` (driver: step count and data order, the same on every
 model, trainable parts, engine, resume → data → optimizer steps: micro-batches, backward, step, log,
 checkpoint → outputs). Every rank builds the same model from the same seed, so ranks start identical
 without a broadcast. Where it runs is a `Runtime` (runtime.py): a Ray Train worker (`train_loop`, started by
-run.py, the pipeline's path) or, without Ray, torchrun or one plain process (`main`):
+stage.py, the pipeline's path) or, without Ray, torchrun or one plain process (`main`):
 
     python -m components.train.recipe pretrain --config tiny --prepared runs/tiny/artifacts/prepare/<fp> \
         --out /tmp/pre --set pretrain.max_steps=1                            # one process, one CPU
@@ -29,19 +29,21 @@ import torch
 import torch.distributed as dist
 
 from components.core import storage
-from components.core.config import PipelineConfig
 from components.core.mlflow_target import MlflowTarget
+from components.models.spec import ModelSpec
 
 from .checkpoint import restore, save
 from .collate import PACK_MULTIPLE, CollateSpec, collate, sample_length, use_packed_attention
 from .data import grouping_inputs
-from .engine import deepspeed_config, frozen_fingerprint
+from .env import DELAY_ENV, FAULT_ENV, PROBE_ENV
 from .flops import FlopCounts, mfu, peak_flops
 from .grouping import rank_positions, sample_stream
 from .loss import supervised_loss
 from .outputs import write_export_probe, write_finetune_output, write_pretrain_output, write_summary
 from .runtime import LocalRuntime, RayRuntime, Runtime, StopRequested
 from .schedule import lr_lambda
+from .spec import TrainStageConfig
+from .zero import deepspeed_config, frozen_fingerprint
 
 
 def _local_file(path: str) -> str:
@@ -71,23 +73,22 @@ def _track(
 
 log = logging.getLogger(__name__)
 Stage = Literal["pretrain", "finetune"]
-FAULT_ENV = "LLAVA_FAULT_STEP"  # tests: a worker dies right after this optimizer step, first attempt only
-PROBE_ENV = "LLAVA_EXPORT_PROBE"  # tests: save a batch and its in-training logits next to the output
-DELAY_ENV = "LLAVA_TRAIN_STEP_DELAY_S"  # tests: sleep after each step, so an interruption lands mid-run
 
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """What every rank trains: the stage, its data order and its step budget."""
+    """What every rank trains: the stage, its model, its data order and its step budget."""
 
-    cfg: PipelineConfig
     stage_name: Stage
+    train: TrainStageConfig
+    model: ModelSpec
+    seed: int  # initialises the model's random parts, the same on every rank
     prepared: str  # prepare output root (tokenizer/, <stage>/shards)
     out: str  # stage output folder
     init_connector: str | None  # connector.safetensors of the pretrain stage (finetune)
     total_steps: int
     num_rows: int
-    stop_at: int  # last optimizer step of this run (< total_steps for one segment of a longer run; see run.py)
+    stop_at: int  # last optimizer step of this run (< total_steps for one segment of a longer run; the sweep's)
     stream: np.ndarray  # row number at each stream position (the epochs' orders back to back)
     mlflow: MlflowTarget | None
 
@@ -99,13 +100,12 @@ def total_steps(num_rows: int, global_batch: int, epochs: float, max_steps: int 
 
 
 def plan(
-    cfg: PipelineConfig, stage: Stage, *, prepared: str, out: str, init_connector: str | None = None,
-    mlflow: MlflowTarget | None = None, stop_at_step: int | None = None,
+    stage: Stage, sc: TrainStageConfig, model: ModelSpec, seed: int, *, prepared: str, out: str,
+    init_connector: str | None = None, mlflow: MlflowTarget | None = None, stop_at_step: int | None = None,
 ) -> TrainPlan:
     """The stage's step count and sample stream (length-grouped, seeded: identical wherever it is computed)."""
     if stage not in ("pretrain", "finetune"):
         raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
-    sc = getattr(cfg, stage)
     lengths, has_image = grouping_inputs(prepared, stage)
     steps = total_steps(len(lengths), sc.global_batch, sc.epochs, sc.max_steps)
     if stop_at_step is not None and not 0 < stop_at_step <= steps:
@@ -114,9 +114,9 @@ def plan(
     stream = sample_stream(lengths, has_image, epochs=epochs_needed, batch_size=sc.per_device_batch,
                            num_chunks=sc.num_workers * sc.gradient_accumulation, seed=sc.seed,
                            group_by_modality=sc.group_by_modality_length)
-    return TrainPlan(cfg=cfg, stage_name=stage, prepared=prepared, out=out, init_connector=init_connector,
-               total_steps=steps, num_rows=len(lengths), stop_at=stop_at_step or steps, stream=stream,
-               mlflow=mlflow)
+    return TrainPlan(stage_name=stage, train=sc, model=model, seed=seed, prepared=prepared, out=out,
+                     init_connector=init_connector, total_steps=steps, num_rows=len(lengths),
+                     stop_at=stop_at_step or steps, stream=stream, mlflow=mlflow)
 
 
 def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
@@ -135,10 +135,10 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
     )
     from components.models.connectors import load_connector, unwrap_llava
     from components.models.tokenizer import image_token_id, load_tokenizer
-    from components.models.trainable import apply_lora, param_groups, parameter_counts, set_trainable
 
-    cfg, name = job.cfg, job.stage_name
-    stage = getattr(cfg, name)
+    from .trainable import apply_lora, param_groups, parameter_counts, set_trainable
+
+    name, stage = job.stage_name, job.train
     rank, world = rt.rank, rt.world
     batch, accum = stage.per_device_batch, stage.global_batch // (stage.per_device_batch * world)
     if batch * accum * world != stage.global_batch:
@@ -147,12 +147,12 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
     attempt_start = time.time()
     if stage.threads_per_worker:
         torch.set_num_threads(stage.threads_per_worker)
-    torch.manual_seed(stage.seed + rank)  # dropout differs per rank; weights come from cfg.seed below
+    torch.manual_seed(stage.seed + rank)  # dropout differs per rank; weights come from job.seed below
 
     # ---- model: identical on every rank (same seed), frozen parts per stage
     tokenizer = load_tokenizer(storage.join(job.prepared, "tokenizer"))
     dtype = torch.bfloat16 if stage.precision == "bf16" else torch.float32
-    model = build_model(cfg.model, tokenizer, dtype=dtype, seed=cfg.seed)
+    model = build_model(job.model, tokenizer, dtype=dtype, seed=job.seed)
     if job.init_connector:
         load_connector(model, _local_file(job.init_connector))
     if stage.lora is not None:
@@ -196,7 +196,7 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
 
     # ---- data: this rank's micro-batches from the resume position on
     end = min(total, job.stop_at)
-    size, n_img = vision_image_size(cfg.model), num_image_tokens(cfg.model)
+    size, n_img = vision_image_size(job.model.vision), num_image_tokens(job.model.vision)
     spec = CollateSpec(image_id=image_token_id(tokenizer), num_image_tokens=n_img, max_length=stage.max_length,
                        pad_id=tokenizer.pad_token_id, image_size=size,
                        pack_multiple=PACK_MULTIPLE if stage.packed else None)
@@ -269,7 +269,7 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
                   f"registered: {registered})", flush=True)
             os._exit(1)
         if (stage.checkpoint_every and done % stage.checkpoint_every == 0) or done == end:
-            state = {**history, "stage": name, "step": done, "position": done * stage.global_batch,
+            state = {**history, "stage": name, "step": done, "world_size": world, "position": done * stage.global_batch,
                      "epoch": done * stage.global_batch / job.num_rows}
             save(engine, state, {"step": done, **{k: v for k, v in metrics.items() if v is not None}}, rt)
 
@@ -304,13 +304,14 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
 
 
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
-    """Ray Train's `train_loop_per_worker` (run.py): the job on this worker's runtime."""
+    """Ray Train's `train_loop_per_worker` (stage.py): the job on this worker's runtime."""
     return train(config["job"], RayRuntime(config["table_ref"], config.get("stop_file")))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     """Train one stage without Ray: one process, or every rank of `torchrun`. Rank 0 prints the summary."""
-    from components.core.config import load_config
+    from components.core.config import load_section
+    from components.models.spec import ModelConfig
 
     p = argparse.ArgumentParser(prog="python -m components.train.recipe", description=main.__doc__)
     p.add_argument("stage", choices=["pretrain", "finetune"])
@@ -323,11 +324,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--stop-at-step", type=int, help="end after this optimizer step (a segment of the run)")
     args = p.parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cfg = load_config(args.config, [*args.set, f"{args.stage}.num_workers={world}"])  # the batch math's world
+    overrides = [*args.set, f"{args.stage}.num_workers={world}"]  # the batch math's world
+    sc = load_section(args.config, args.stage, TrainStageConfig, overrides)
+    model = load_section(args.config, "model", ModelConfig, overrides).spec()
+    seed = load_section(args.config, "seed", int, overrides, default=0)  # PipelineConfig's default
     rt = LocalRuntime(args.prepared, args.stage, args.run_dir or storage.join(args.out, "checkpoints"),
-                      use_gpu=getattr(cfg, args.stage).use_gpu)
-    job = plan(cfg, args.stage, prepared=args.prepared, out=args.out, init_connector=args.init_connector,
-               stop_at_step=args.stop_at_step)
+                      use_gpu=sc.use_gpu)
+    job = plan(args.stage, sc, model, seed, prepared=args.prepared, out=args.out,
+               init_connector=args.init_connector, stop_at_step=args.stop_at_step)
     try:
         summary = train(job, rt)
     finally:

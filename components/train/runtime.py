@@ -28,9 +28,9 @@ import torch
 import torch.distributed as dist
 
 from components.core import storage
-from components.prepare.pixels import PixelLoader
 
 from .data import ROW_COLUMNS, read_shards, worker_batches
+from .pixels import PixelLoader
 
 Mode = Literal["pad", "square"]
 
@@ -104,10 +104,28 @@ class RayRuntime:
         self._checked = time.monotonic()
         return storage.exists(self.stop_file)
 
-    def wait_until_saved(self) -> bool:
-        from .checkpoint import wait_until_registered
+    def wait_until_saved(self, timeout_s: float = 120.0) -> bool:
+        """True once Ray Train's controller has registered a reported checkpoint (its snapshot file names one).
 
-        return wait_until_registered()
+        The controller polls workers every few seconds, so a checkpoint reported just before a worker dies may
+        never be registered; fault-injection tests call this before killing a worker so the resume is certain.
+        """
+        import json
+
+        import ray.train
+
+        storage_ctx = ray.train.get_context().get_storage()
+        fs, path = storage_ctx.storage_filesystem, storage_ctx.checkpoint_manager_snapshot_path
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with fs.open_input_stream(path) as f:
+                    if json.loads(f.read()).get("latest_checkpoint_result"):
+                        return True
+            except (FileNotFoundError, OSError, ValueError):
+                pass  # not written yet, or caught mid-write
+            time.sleep(0.5)
+        return False
 
 
 def free_port() -> int:

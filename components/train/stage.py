@@ -1,9 +1,10 @@
-"""The driver of a training stage on Ray: the recipe's plan, the rows in the object store, a `TorchTrainer`.
+"""The `pretrain` and `finetune` stages on Ray: the recipe's plan, the rows in the object store, a `TorchTrainer`.
 
-Rerunning with the same (run_name, storage_path) resumes from the run's latest checkpoint (Ray Train V2
-keeps a run snapshot there); a fresh run needs a new name (the pipeline names one per attempt). Worker failures
-restart the worker group from the latest checkpoint, up to the stage's `max_failures`. `fit` is the one place
-a `TorchTrainer` is built (the sweep runs its trials' own loop through it).
+Rerunning with the same (run_name, storage_path) resumes from the run's latest checkpoint (Ray Train V2 keeps
+a run snapshot there); a fresh run needs a new name (one per stage attempt: `StageRun.run_name`). Worker
+failures restart the worker group from the latest checkpoint, up to the stage's `max_failures`. `fit` is the
+one place a `TorchTrainer` is built (the sweep runs its trials' own loop through it). Torch and Ray are
+imported when a stage runs, so planning reads this module's signatures cheaply.
 """
 
 from __future__ import annotations
@@ -12,17 +13,41 @@ import os
 import posixpath
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from components.core import storage
-from components.core.config import PipelineConfig, TrainStageConfig
 from components.core.mlflow_target import MlflowTarget
+from components.core.stage_run import StageRun
+from components.models.spec import ModelSpec
 
-from .data import ROW_COLUMNS, read_shards
-from .recipe import DELAY_ENV, FAULT_ENV, PROBE_ENV, Stage, plan, total_steps, train_loop
+from .env import FORWARDED_ENV
+from .spec import TrainStageConfig
 
-__all__ = ["fit", "prune_checkpoints", "run_train", "total_steps"]
-FORWARDED_ENV = (FAULT_ENV, PROBE_ENV, DELAY_ENV, "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR")
+__all__ = ["fit", "prune_checkpoints", "run_finetune", "run_pretrain", "train_on_ray"]
+# What a training stage reports: its step count, data seen, losses, time, and where it resumed.
+SUMMARY_METRICS = ("steps", "samples", "tokens", "initial_loss", "final_loss", "wall_s", "resumed_from_step",
+                   "world_size", "threads_per_worker")
+
+
+def run_pretrain(*, pretrain: TrainStageConfig, model: ModelSpec, seed: int, prepared: str,
+                 run: StageRun) -> dict[str, Any]:
+    """Train the connector on the prepared pretraining data (the tower and the LLM frozen): connector.safetensors."""
+    return _stage("pretrain", pretrain, model, seed, prepared, None, run)
+
+
+def run_finetune(*, finetune: TrainStageConfig, model: ModelSpec, seed: int, prepared: str, connector: str,
+                 run: StageRun) -> dict[str, Any]:
+    """Train the connector (from pretrain's `connector` weights) and the LLM, fully or with LoRA: model/."""
+    return _stage("finetune", finetune, model, seed, prepared, connector, run)
+
+
+def _stage(name: Literal["pretrain", "finetune"], sc: TrainStageConfig, model: ModelSpec, seed: int, prepared: str,
+           connector: str | None, run: StageRun) -> dict[str, Any]:
+    train_root = storage.join(run.storage, "ray_train")
+    summary = train_on_ray(name, sc, model, seed, prepared=prepared, out=run.out, run_name=run.run_name,
+                           storage_path=train_root, init_connector=connector, mlflow=run.mlflow)
+    prune_checkpoints(train_root, run.run_name, keep=sc.keep_checkpoints)
+    return {k: summary[k] for k in SUMMARY_METRICS if summary.get(k) is not None}
 
 
 def prune_checkpoints(storage_path: str, run_name: str, keep: int) -> None:
@@ -38,9 +63,11 @@ def prune_checkpoints(storage_path: str, run_name: str, keep: int) -> None:
         fs.rm(path, recursive=True)
 
 
-def run_train(
-    cfg: PipelineConfig,
-    stage: Stage,
+def train_on_ray(
+    stage: Literal["pretrain", "finetune"],
+    sc: TrainStageConfig,
+    model: ModelSpec,
+    seed: int,
     *,
     prepared: str,
     out: str,
@@ -59,14 +86,16 @@ def run_train(
     """
     import ray
 
+    from .data import ROW_COLUMNS, read_shards
+    from .recipe import plan, train_loop
+
     if stage == "finetune" and init_connector is None:
         print("[finetune] no init_connector given: the connector starts from random weights", flush=True)
-    job = plan(cfg, stage, prepared=prepared, out=out, init_connector=init_connector, mlflow=mlflow,
+    job = plan(stage, sc, model, seed, prepared=prepared, out=out, init_connector=init_connector, mlflow=mlflow,
                stop_at_step=stop_at_step)
     table_ref = ray.put(read_shards(prepared, stage, ROW_COLUMNS))
     t0 = time.time()
-    result = fit(train_loop, {"job": job, "table_ref": table_ref}, getattr(cfg, stage), run_name=run_name,
-                 storage_path=storage_path)
+    result = fit(train_loop, {"job": job, "table_ref": table_ref}, sc, run_name=run_name, storage_path=storage_path)
     summary = result.return_value
     if summary is None:  # a resumed run that had nothing left to return, or an older Ray
         summary = storage.read_json(storage.join(out, "summary.json"))

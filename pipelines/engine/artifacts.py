@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from components.core import storage
-from components.core.config import PipelineConfig
+from pipelines.config import PipelineConfig
 
 
 def storage_root(cfg: PipelineConfig) -> str:
@@ -22,7 +22,9 @@ def latest_output(cfg: PipelineConfig, stage: str) -> str | None:
 def local_tokenizer(cfg: PipelineConfig) -> str:
     """The locally trained tokenizer of a config: from its latest prepare output, or trained now on the
     config's corpus (generating the synthetic world first when the config uses it)."""
-    from components.prepare.stage import build_tokenizer, resolve_sources
+    from components.core.fingerprint import OutputPath
+    from components.prepare.stage import build_tokenizer
+    from pipelines.llava15 import prepare_args
 
     prepared = latest_output(cfg, "prepare")
     if prepared:
@@ -31,11 +33,11 @@ def local_tokenizer(cfg: PipelineConfig) -> str:
     tok_dir = storage.join(cache, "tokenizer")
     if storage.exists(storage.join(tok_dir, "tokenizer_config.json")):
         return tok_dir
-    synth_root = None
+    up = {}
     if cfg.data.synth is not None:
         from components.synth.world import generate_world
 
-        synth_root = storage.join(cache, "synth")
-        generate_world(synth_root, seed=cfg.data.synth.seed, size=cfg.data.synth.size)
-    sources = resolve_sources(cfg.data.pretrain + cfg.data.finetune, synth_root)
-    return build_tokenizer(cfg, sources, tok_dir)
+        up["synth"] = OutputPath(storage.join(cache, "synth"), "synth")
+        generate_world(up["synth"], seed=cfg.data.synth.seed, size=cfg.data.synth.size)
+    datasets = prepare_args(cfg, up)["datasets"]
+    return build_tokenizer(cfg.model.tokenizer, [s for d in datasets.values() for s in d.sources], tok_dir)

@@ -8,8 +8,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from components.core.config import ConfigError, PipelineConfig, load_config
+from components.core.config import ConfigError
 from components.core.redact import redact
+from pipelines.config import PipelineConfig, load_config
 from pipelines.engine.executor import PipelineError
 from pipelines.engine.job_client import JobError
 

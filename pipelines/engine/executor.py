@@ -4,17 +4,17 @@ It is not a distributed engine: stages run their own work on Ray. Outputs live u
 `{storage}/artifacts/{stage}/{fingerprint}/` and count as done only once the executor's manifest
 (`MANIFEST`, a name no stage writes) exists there, so a half-written output is never taken as done.
 
-A stage's fingerprint covers exactly what it declares it reads — config key paths, data files (by content),
-environment-derived settings — plus its upstream fingerprints and the code its body runs (the import closure
-within this project, derived from the source). See components/core/fingerprint.py.
-
-A stage body gets a view of the config with only the keys it declares (components/core/config_view.py):
-reading another key fails loudly, so what a stage reads and what it is fingerprinted on cannot drift.
+A stage is a function (`run_<stage>` of a component) and the arguments it is called with, built by the
+pipeline from the config and the upstream outputs at plan time. Its fingerprint covers exactly those
+arguments, walked by the types its signature declares (components/core/fields.py: scheduling settings left
+out, data files and checkpoints by content, paths in upstream outputs by the upstream's fingerprint), plus
+the upstream fingerprints and the code it runs (its import closure within this project). What it is not
+passed, it cannot read.
 
 One run of a stage at a time, and outputs committed atomically: see pipelines/engine/attempts.py.
 
 The executor is a plain DAG runner: a config's `auto` values are resolved before it plans the stages that
-use them (pipelines/engine/plan.py), so every stage it sees has a fixed config.
+use them (pipelines/engine/plan.py), so every stage it sees has fixed arguments.
 """
 
 from __future__ import annotations
@@ -27,46 +27,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.core import storage
-from components.core.config import PipelineConfig
-from components.core.config_view import ConfigView, view
-from components.core.fingerprint import code_version, explain, fingerprint, flatten, path_digest, stage_inputs
-from components.core.mlflow_target import MlflowTarget
+from components.core.fields import NOT_CONFIGURED
+from components.core.fingerprint import (
+    MISSING,
+    OutputPath,
+    code_version,
+    describe_args,
+    explain,
+    fingerprint,
+    materialize,
+    stage_inputs,
+)
+from components.core.stage_run import StageRun
 
 from .attempts import MANIFEST, commit, parse_manifest, read_manifest, start_attempt, take_lease
 
-NOT_CONFIGURED = "not configured"  # an env setting without a value: the plan says the stage will skip
-
-
-def _no_files(cfg: PipelineConfig) -> dict[str, str]:
-    return {}
-
-
-def _no_env() -> dict[str, Any]:
-    return {}
+Outputs = dict[str, OutputPath]  # upstream stage → its output folder
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     deps: tuple[str, ...]
-    reads: tuple[str, ...]  # config key paths its output depends on (a section covers every key under it)
-    run: Callable[[StageContext], dict[str, Any]]  # does the work, returns metrics; its code is fingerprinted
-    files: Callable[[PipelineConfig], dict[str, str]] = _no_files  # data files/folders read: name → path
-    env: Callable[[], dict[str, Any]] = _no_env  # settings from the environment (never secrets)
-    resources: tuple[str, ...] = ()  # key paths read only to schedule the work (CPUs, actors): not fingerprinted
+    run: Callable[..., dict[str, Any]]  # the component's run_<stage>(**args, run=StageRun): returns metrics
+    args: Callable[[Outputs], dict[str, Any]]  # its arguments, from its upstream stages' outputs
     group: str = ""  # fan-out family (e.g. "evaluate"); `--only evaluate` selects all of it
-
-
-@dataclass
-class StageContext:
-    cfg: ConfigView  # the config as the stage declared it: reading any other key is an error
-    stage: Stage
-    fingerprint: str
-    out: str  # this attempt's output folder (committed to the stage's output folder when the body returns)
-    inputs: dict[str, str]  # upstream stage → its output folder
-    storage: str
-    mlflow: MlflowTarget | None = None
-    attempt: str = ""  # this attempt's id: a resumed attempt keeps it, --force starts a new one
+    concurrency: int = 1  # stages of its group run at once (scheduling)
 
 
 @dataclass
@@ -78,7 +64,7 @@ class PlannedStage:
     action: str  # "cached" | "run" | "skip"
     why: list[str] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
-    cfg: PipelineConfig | None = None  # the config the stage runs with (`auto` resolved)
+    args: dict[str, Any] = field(default_factory=dict)  # what run_<stage> is called with
     choices: dict[str, Any] = field(default_factory=dict)  # `auto` values it runs with (pipelines/engine/plan.py)
     choices_from: str = ""  # "<stage> <fingerprint>" that made the choices
     forced: bool = False
@@ -128,33 +114,26 @@ def downstream(stages: list[Stage], roots: set[str]) -> set[str]:
     return out
 
 
-def _under(key: str, paths: tuple[str, ...]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in paths)
+def outputs_of(root: str, fingerprints: dict[str, str]) -> Outputs:
+    return {name: OutputPath(artifact_dir(root, name, fp), name) for name, fp in fingerprints.items()}
 
 
-def config_slice(cfg: PipelineConfig, paths: tuple[str, ...], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The declared keys' values, flattened: ('pretrain.optim',) → {'pretrain.optim.lr': 0.002, ...};
-    keys under `exclude` left out."""
-    dump = cfg.model_dump(mode="json")
-    out: dict[str, Any] = {}
-    for path in paths:
-        node: Any = dump
-        for part in path.split("."):
-            node = node[part]  # a KeyError here is a stage declaring a key the config does not have
-        out.update(flatten(node, path) if isinstance(node, dict) else {path: node})
-    return {k: v for k, v in out.items() if not _under(k, exclude)}
-
-
-def inputs_of(s: Stage, cfg: PipelineConfig, upstream: dict[str, str]) -> dict[str, Any]:
+def inputs_of(s: Stage, args: dict[str, Any], upstream: dict[str, str]) -> dict[str, Any]:
     """Everything the stage's output depends on, as fingerprinted."""
-    files = {name: path_digest(path) for name, path in s.files(cfg).items()}
-    return stage_inputs(s.name, config_slice(cfg, s.reads, s.resources), upstream, code_version(s.run), files, s.env())
+    digest = describe_args(s.run, args)
+    return stage_inputs(s.name, digest.values, upstream, code_version(s.run), digest.files)
 
 
-def _decide(s: Stage, cfg: PipelineConfig, upstream: dict[str, str], root: str, *, selected: bool,
-            forced: bool) -> PlannedStage:
+def missing_files(p: PlannedStage) -> list[str]:
+    """`key = path` of each content-typed path the stage reads that does not exist."""
+    files, values = p.inputs.get("files", {}), p.inputs.get("args", {})
+    return [f"{key} = {values.get(key)}" for key, digest in files.items() if digest == MISSING]
+
+
+def _decide(s: Stage, upstream: dict[str, str], root: str, *, selected: bool, forced: bool) -> PlannedStage:
     """Fingerprint one stage (its upstream fingerprints known) and decide cached / run / skip, with reasons."""
-    inputs = inputs_of(s, cfg, upstream)
+    args = s.args(outputs_of(root, upstream))
+    inputs = inputs_of(s, args, upstream)
     fp = fingerprint(inputs)
     out = artifact_dir(root, s.name, fp)
     manifest = read_manifest(out)
@@ -168,8 +147,8 @@ def _decide(s: Stage, cfg: PipelineConfig, upstream: dict[str, str], root: str, 
         action = "run"
         why = explain((latest_manifest(root, s.name) or {}).get("inputs"), inputs)
     if action != "skip":
-        why += [f"skipped: no {key} configured" for key, v in inputs["env"].items() if v == NOT_CONFIGURED]
-    return PlannedStage(s, fp, inputs, out, action, why, manifest, cfg=cfg, forced=forced)
+        why += [f"skipped: no {key} configured" for key, v in inputs["args"].items() if v == NOT_CONFIGURED]
+    return PlannedStage(s, fp, inputs, out, action, why, manifest, args=args, forced=forced)
 
 
 def selection(stages: list[Stage], *, only: list[str] | None = None, from_: list[str] | None = None,
@@ -184,7 +163,7 @@ def selection(stages: list[Stage], *, only: list[str] | None = None, from_: list
 
 
 def make_plan(
-    cfg: PipelineConfig, stages: list[Stage], root: str, *, only: list[str] | None = None,
+    stages: list[Stage], root: str, *, only: list[str] | None = None,
     from_: list[str] | None = None, force: list[str] | None = None,
     chosen: tuple[set[str], set[str]] | None = None, upstream: Sequence[PlannedStage] = (),
 ) -> list[PlannedStage]:
@@ -195,7 +174,7 @@ def make_plan(
     known = {p.stage.name: p for p in upstream}
     plan: list[PlannedStage] = []
     for s in stages:
-        p = _decide(s, cfg, {d: known[d].fingerprint for d in s.deps}, root, selected=s.name in wanted,
+        p = _decide(s, {d: known[d].fingerprint for d in s.deps}, root, selected=s.name in wanted,
                     forced=s.name in forced)
         known[s.name] = p
         plan.append(p)
@@ -212,8 +191,7 @@ def make_plan(
     return plan
 
 
-def _run_one(p: PlannedStage, cfg: PipelineConfig, root: str, outs: dict[str, str],
-             tracker: Any) -> dict[str, Any]:
+def _run_one(p: PlannedStage, root: str, tracker: Any) -> dict[str, Any]:
     """Run (or reuse) one stage; never raises — a failure is reported in the result."""
     started = time.time()
     run_id = tracker.start_stage(p) if tracker else None
@@ -230,11 +208,9 @@ def _run_one(p: PlannedStage, cfg: PipelineConfig, root: str, outs: dict[str, st
             try:
                 with lease.keep_alive():
                     attempt, folder = start_attempt(p.out, forced=p.forced)
-                    target = tracker.target(run_id) if tracker else None
-                    declared = view(p.cfg or cfg, (*p.stage.reads, *p.stage.resources), p.stage.name)
-                    ctx = StageContext(declared, p.stage, p.fingerprint, folder,
-                                       {d: outs[d] for d in p.stage.deps}, root, target, attempt)
-                    metrics = p.stage.run(ctx) or {}
+                    run = StageRun(p.stage.name, folder, root, p.fingerprint, attempt,
+                                   tracker.target(run_id) if tracker else None)
+                    metrics = p.stage.run(**materialize(p.args), run=run) or {}
                     commit(p.out, folder, {
                         "stage": p.stage.name, "fingerprint": p.fingerprint, "inputs": p.inputs, "metrics": metrics,
                         "mlflow_run_id": run_id, "attempt": attempt, "started_at": started,
@@ -250,15 +226,11 @@ def _run_one(p: PlannedStage, cfg: PipelineConfig, root: str, outs: dict[str, st
     return result
 
 
-def execute(
-    cfg: PipelineConfig, plan: list[PlannedStage], root: str, tracker: Any = None, concurrency: int = 1,
-    upstream: Sequence[PlannedStage] = (),
-) -> dict[str, dict[str, Any]]:
-    """Run a plan in dependency order; stages of one fan-out group run concurrently. `upstream`: stages
-    planned (and done) before, whose outputs these read."""
+def execute(plan: list[PlannedStage], root: str, tracker: Any = None) -> dict[str, dict[str, Any]]:
+    """Run a plan in dependency order; the stages of one fan-out group run side by side (up to their
+    `concurrency`). Stages planned before (`plan_pipeline`'s head) are read through their outputs."""
     results: dict[str, dict[str, Any]] = {}
     names = {p.stage.name for p in plan}
-    outs = {q.stage.name: q.out for q in (*upstream, *plan)}
     pending = [p for p in plan if p.action != "skip"]
     for p in plan:
         if p.action == "skip":
@@ -285,8 +257,9 @@ def execute(
         # One level at a time: a fan-out group (all evaluate jobs) shares the pool.
         group = ready[0].stage.group
         level = [p for p in ready if group and p.stage.group == group] or ready[:1]
-        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(level)))) as pool:
-            runs = pool.map(lambda q: _run_one(q, cfg, root, outs, tracker), level)
+        workers = max(1, min(max(p.stage.concurrency for p in level), len(level)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            runs = pool.map(lambda q: _run_one(q, root, tracker), level)
             for p, r in zip(level, runs, strict=True):
                 results[p.stage.name] = r
         pending = [p for p in pending if p not in level]

@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from components.core.config import PipelineConfig
 from components.core.conversation import IMAGE_TOKEN, normalize_image_token, parse_record
 from components.core.tokenize import IGNORE_INDEX, supervised_spans, tokenize_sample
+from pipelines.config import PipelineConfig
 
 
 def load_sample(path: str, index: int = 0) -> tuple[Any, str]:
@@ -67,12 +67,12 @@ def marked_text(tok: Any, input_ids: list[int], labels: list[int]) -> str:
 
 
 def inspect_sample(record: Any, source: str, cfg: PipelineConfig, stage: str, tok: Any) -> dict[str, Any]:
-    from components.core.config import model_for_prepare
     from components.models.assembly import num_image_tokens
+    from pipelines.llava15 import prepared_vision
 
     stage_cfg = cfg.pretrain if stage == "pretrain" else cfg.finetune
     sample = normalize_image_token(parse_record(record, source=source))
-    n_img = num_image_tokens(model_for_prepare(cfg))  # as prepared (the sweep's largest for image_size: auto)
+    n_img = num_image_tokens(prepared_vision(cfg))  # as prepared (the sweep's largest for image_size: auto)
     out = tokenize_sample(sample, tok, template=stage_cfg.template, num_image_tokens=n_img,
                           max_length=stage_cfg.max_length)
     spans = supervised_spans(out.labels)

@@ -25,8 +25,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from components.core import storage
-from components.core.config import CONFIG_DIR, load_config, resolve_path
+from components.core.config import resolve_path
+from components.core.paths import CONFIG_DIR
 from components.core.redact import redact, redact_json
+from pipelines.config import load_config
 
 from .artifacts import storage_root
 from .job_client import JobError, connect, follow, job_errors

@@ -13,20 +13,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from components.core import storage
-from components.core.config import PipelineConfig
-from components.core.fingerprint import MISSING
+from components.core.fingerprint import MISSING, describe_args
 from components.core.redact import redact
 
 from .attempts import read_manifest
-from .executor import PipelineError, PlannedStage, Stage, execute, make_plan, selection
+from .executor import (
+    PipelineError,
+    PlannedStage,
+    Stage,
+    execute,
+    make_plan,
+    missing_files,
+    outputs_of,
+    selection,
+)
 
 PENDING = "pending"  # the fingerprint of a stage whose config waits for the sweep's choice
-Build = Callable[[PipelineConfig], list[Stage]]
-Resolve = Callable[[PipelineConfig, str], tuple[PipelineConfig, dict[str, Any]]]
+Config = Any  # a pipeline's config; the engine only hands it back to the pipeline
+Build = Callable[[Config], list[Stage]]
+Resolve = Callable[[Config, str], tuple[Config, dict[str, Any]]]
 
 
-def _no_auto(cfg: PipelineConfig) -> list[str]:
+def _no_auto(cfg: Config) -> list[str]:
     return []
 
 
@@ -36,7 +44,7 @@ class Pipeline:
     config's `auto` keys (`resolve`: the config with them filled from that output folder, and the choices)."""
 
     build: Build
-    auto_keys: Callable[[PipelineConfig], list[str]] = _no_auto
+    auto_keys: Callable[[Config], list[str]] = _no_auto
     auto_source: str = ""
     resolve: Resolve | None = None
 
@@ -56,12 +64,12 @@ def ancestors(stages: list[Stage], name: str) -> set[str]:
 @dataclass
 class PipelinePlan:
     pipeline: Pipeline
-    cfg: PipelineConfig  # as written
+    cfg: Config  # as written
     root: str
     stages: list[Stage]  # built from the config as written (names and edges are the same after resolving)
     head: list[PlannedStage]  # planned with the config as written
     tail: list[PlannedStage] = field(default_factory=list)  # planned with `auto` resolved (or pending)
-    resolved: PipelineConfig | None = None  # the config the tail runs with
+    resolved: Config | None = None  # the config the tail runs with
     chosen: tuple[set[str], set[str]] = (set(), set())  # (wanted, forced) over all stages
     head_done: bool = False  # set by the runner once the head has run (its output is then the one to use)
 
@@ -75,17 +83,21 @@ class PipelinePlan:
 
     def missing_inputs(self) -> list[str]:
         """`stage: key = path does not exist` for each data file or folder that a stage about to run reads
-        (its declared `files`: the user's paths; the synthetic world's are the synth stage's output). Such a
-        stage would fail, maybe hours into the run, after everything before it. A planned stage's digests
-        already say so; a pending one (after the sweep) is checked here."""
+        (its arguments typed as read by content: the user's paths; the synthetic world's are the synth stage's
+        output). Such a stage would fail, maybe hours into the run, after everything before it. A planned
+        stage's digests already say so; a pending one (after the sweep) is checked here."""
+        known = {p.stage.name: p.fingerprint for p in self.planned}
         found = []
         for p in self.planned:
             if p.action != "run":
                 continue
-            digests = p.inputs.get("files", {})
-            for key, path in p.stage.files(p.cfg or self.cfg).items():
-                if (digests[key] == MISSING) if key in digests else not storage.exists(path):
-                    found.append(f"{p.stage.name}: {key} = {path} does not exist")
+            if p.fingerprint != PENDING:
+                found += [f"{p.stage.name}: {line} does not exist" for line in missing_files(p)]
+                continue
+            args = p.stage.args(outputs_of(self.root, {d: known.get(d, PENDING) for d in p.stage.deps}))
+            digest = describe_args(p.stage.run, args)
+            found += [f"{p.stage.name}: {key} = {digest.values.get(key)} does not exist"
+                      for key, d in digest.files.items() if d == MISSING]
         return found
 
     def plan_tail(self) -> None:
@@ -110,12 +122,12 @@ class PipelinePlan:
         assert self.pipeline.resolve is not None
         self.resolved, choices = self.pipeline.resolve(self.cfg, source.out)
         rest = [s for s in self.pipeline.build(self.resolved) if s.name not in head_names]
-        self.tail = make_plan(self.resolved, rest, self.root, chosen=self.chosen, upstream=self.head)
+        self.tail = make_plan(rest, self.root, chosen=self.chosen, upstream=self.head)
         for p in self.tail:
             p.choices, p.choices_from = dict(choices), f"{name} {source.fingerprint}"
 
 
-def plan_pipeline(pipeline: Pipeline, cfg: PipelineConfig, root: str, *, only: list[str] | None = None,
+def plan_pipeline(pipeline: Pipeline, cfg: Config, root: str, *, only: list[str] | None = None,
                   from_: list[str] | None = None, force: list[str] | None = None) -> PipelinePlan:
     """The plan for `run`/`plan`. With `auto`, the head is planned first and the tail after it (pending
     when the source stage has yet to run); call `plan_tail()` again once the head has run."""
@@ -123,14 +135,14 @@ def plan_pipeline(pipeline: Pipeline, cfg: PipelineConfig, root: str, *, only: l
     source = pipeline.auto_source
     if not pipeline.auto_keys(cfg) or source not in {s.name for s in stages}:
         chosen = selection(stages, only=only, from_=from_, force=force)
-        return PipelinePlan(pipeline, cfg, root, stages, make_plan(cfg, stages, root, chosen=chosen), chosen=chosen)
+        return PipelinePlan(pipeline, cfg, root, stages, make_plan(stages, root, chosen=chosen), chosen=chosen)
     head_names = ancestors(stages, source) | {source}
     head_stages = [s for s in stages if s.name in head_names]
     # For --from/--force, the stages after the source are downstream of it: they run with its choice.
     linked = [s if s.name in head_names else replace(s, deps=(*s.deps, source)) for s in stages]
     chosen = selection(linked, only=only, from_=from_, force=force)
     wanted, forced = chosen
-    head = make_plan(cfg, head_stages, root, chosen=(wanted & head_names, forced & head_names))
+    head = make_plan(head_stages, root, chosen=(wanted & head_names, forced & head_names))
     plan = PipelinePlan(pipeline, cfg, root, stages, head, chosen=chosen)
     plan.plan_tail()
     return plan
@@ -140,8 +152,7 @@ def run_plan(pipeline: PipelinePlan, tracker: Any = None,
              announce: Callable[[list[PlannedStage]], None] | None = None) -> dict[str, dict[str, Any]]:
     """Run the head (everything when nothing is `auto`); then, with the sweep's choices, the tail (planned
     now if it was pending; `announce` shows that plan)."""
-    cfg, concurrency = pipeline.cfg, pipeline.cfg.evaluate.concurrency
-    results = execute(cfg, pipeline.head, pipeline.root, tracker, concurrency=concurrency)
+    results = execute(pipeline.head, pipeline.root, tracker)
     if not pipeline.tail:
         return results
     if pipeline.pending:  # still pending after this only when nothing after the sweep was selected
@@ -161,6 +172,5 @@ def run_plan(pipeline: PipelinePlan, tracker: Any = None,
             return results
         if announce is not None:
             announce(pipeline.tail)
-    results.update(execute(pipeline.resolved or cfg, pipeline.tail, pipeline.root, tracker, concurrency=concurrency,
-                           upstream=pipeline.head))
+    results.update(execute(pipeline.tail, pipeline.root, tracker))
     return results

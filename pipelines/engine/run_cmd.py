@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Any
 
-from components.core.config import PipelineConfig
 from components.core.redact import redact, redact_json
+from pipelines.config import PipelineConfig
 
 from ..llava15 import LLAVA15
 from .artifacts import storage_root

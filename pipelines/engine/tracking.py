@@ -18,10 +18,11 @@ from typing import Any
 import yaml
 
 from components.core import storage
-from components.core.config import PipelineConfig, deepspeed_config_path
 from components.core.fingerprint import flatten
 from components.core.mlflow_target import MlflowTarget
 from components.core.redact import redact, redact_json
+from components.train.spec import deepspeed_config_path
+from pipelines.config import PipelineConfig
 
 from .console import display_status
 

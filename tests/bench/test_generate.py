@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from bench.generate import bench_generate, format_bench, synthetic_items
-from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 from components.evaluate.generate import Generator
 from components.models.assembly import build_model
+from components.models.spec import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 
 CFG = ModelConfig(
     vision=VisionConfig(random_init=RandomVision(image_size=56, patch_size=14, hidden_size=32, num_layers=2,

@@ -60,10 +60,10 @@ def test_reference_path_supervises_the_same_text_as_ours(tmp_path):
     after <image> and after each </s> as a fresh string, which adds a prefix-space piece there; we tokenize
     the rendered prompt as one string, as transformers' LlavaProcessor does at inference.)"""
     from bench.preprocess import SlowTokenizer, reference_tokenize
-    from components.core.config import DataSource
     from components.core.conversation import normalize_image_token, parse_record
     from components.core.tokenize import IGNORE_INDEX, supervised_spans, tokenize_samples
     from components.models.tokenizer import SPM_FILE, load_tokenizer, train_tokenizer
+    from components.prepare.spec import DataSource
     from components.prepare.stage import corpus_texts
 
     info = write_bench_data(tmp_path / "data", 120, (64, 48))

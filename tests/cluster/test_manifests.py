@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.core.config import CONFIG_DIR, load_config
+from components.core.paths import CONFIG_DIR
+from pipelines.config import load_config
 from pipelines.engine.cli import build_parser
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"

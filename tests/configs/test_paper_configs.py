@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.core.config import CONFIG_DIR, load_config
+from components.core.paths import CONFIG_DIR
+from pipelines.config import load_config
 
 BEFORE = Path(__file__).parent / "before_extends"
 

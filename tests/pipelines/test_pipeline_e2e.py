@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from components.core.config import load_config
+from pipelines.config import load_config
 from pipelines.engine.cli import main
 from pipelines.engine.run_cmd import run_pipeline
 

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from components.core.config import CONNECTOR_SPEC, ConfigError, load_config
+from components.core.config import ConfigError
+from components.models.spec import CONNECTOR_SPEC
+from pipelines.config import load_config
 from pipelines.engine.cli import main
 from pipelines.llava15 import build_stages, config_problems
 
@@ -60,8 +62,8 @@ def test_missing_data_fails_plan_and_run_before_anything_starts(tmp_path, monkey
     assert main(["plan", "llava15_7b"]) == 2
     err = capsys.readouterr().err
     pretrain = tmp_path / "playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json"
-    assert f"prepare: data.pretrain.0.annotations = {pretrain} does not exist" in err
-    assert f"evaluate.gqa: benchmark.gqa = {tmp_path / 'playground/data/eval/gqa'} does not exist" in err
+    assert f"prepare: datasets.pretrain.sources.0.annotations = {pretrain} does not exist" in err
+    assert f"evaluate.gqa: folder = {tmp_path / 'playground/data/eval/gqa'} does not exist" in err
     assert "--only" not in err  # every stage depends on prepare: nothing to run without it
     assert main(["run", "llava15_7b"]) == 2
     assert "inputs missing" in capsys.readouterr().err and not (tmp_path / "runs").exists()
@@ -72,7 +74,7 @@ def test_a_missing_eval_root_names_the_stages_that_can_still_run(tmp_path, capsy
             "--set", "evaluate.benchmarks=[gqa,pope]", "--set", "evaluate.blank_image_check=[]"]
     assert main(["plan", *sets]) == 2
     err = capsys.readouterr().err
-    assert f"evaluate.pope: benchmark.pope = {tmp_path / 'eval' / 'pope'} does not exist" in err
+    assert f"evaluate.pope: folder = {tmp_path / 'eval' / 'pope'} does not exist" in err
     assert "(--only synth --only prepare --only pretrain --only finetune)" in err
     assert main(["run", *sets, "--only", "synth", "--only", "prepare", "--dry-run", "--json"]) == 0
     planned = json.loads(capsys.readouterr().out)

@@ -17,12 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from components.core.jsonl import DEFAULT_MAX_LINE_BYTES, LineProblem, split_jsonl
+from components.core.provenance import SYNTHETIC_MARKER
 from components.evaluate.judge import Judge, JudgeConfig, JudgeNotConfigured, make_judge
-
-# A file the synthetic world puts in each benchmark folder it writes: its scores are not comparable with the
-# paper's, so results on such a folder carry no paper numbers (and say `data: synthetic`).
-SYNTHETIC_MARKER = "SYNTHETIC.txt"
-
 
 # More malformed question records than this (a fraction of the file's records) is a wrong file or a loader
 # bug, not a few bad records: the benchmark fails, naming the first ones, instead of scoring the remainder.

@@ -1,13 +1,9 @@
 import pytest
 
-from components.core.config import (
-    CONFIG_DIR,
-    ConfigError,
-    deepspeed_config_path,
-    load_config,
-    load_raw,
-    validate,
-)
+from components.core.config import ConfigError, load_raw, validate
+from components.core.paths import CONFIG_DIR
+from components.train.spec import deepspeed_config_path
+from pipelines.config import PipelineConfig, load_config
 
 # The reference recipe (haotian-liu/LLaVA scripts/v1_5/*.sh, llava15.md §1.2), field by field.
 PRETRAIN = {
@@ -59,7 +55,7 @@ def test_paper_recipes_equal_the_reference(name, llm):
 def test_deepspeed_files_match_the_reference():
     import json
 
-    from components.core.config import CONFIG_DIR
+    from components.core.paths import CONFIG_DIR
 
     z2 = json.loads((CONFIG_DIR / "deepspeed/zero2.json").read_text())
     z3 = json.loads((CONFIG_DIR / "deepspeed/zero3.json").read_text())
@@ -87,7 +83,7 @@ def test_unknown_and_missing_keys(tmp_path):
     raw["pretrain"]["learning_rate"] = 1
     del raw["finetune"]["optim"]
     with pytest.raises(ConfigError) as e:
-        validate(raw, "my.yaml")
+        validate(PipelineConfig, raw, "my.yaml")
     msg = str(e.value)
     assert "my.yaml: pretrain.learning_rate: unknown key" in msg
     assert "my.yaml: finetune.optim: required key is missing" in msg
@@ -118,3 +114,15 @@ def test_missing_config_and_bad_override():
         load_config("no_such_config")
     with pytest.raises(ConfigError, match="expected key.path=value"):
         load_config("tiny", ["finetune.optim.lr"])
+
+
+def test_validate_reads_any_section_type():
+    """The loader is generic: `validate` takes the section's class, and its errors name the keys inside it."""
+    from components.train.spec import TrainStageConfig
+
+    raw = load_raw("tiny")
+    stage = validate(TrainStageConfig, raw["pretrain"], "tiny.yaml")
+    assert isinstance(stage, TrainStageConfig) and stage == load_config("tiny").pretrain
+    with pytest.raises(ConfigError) as e:
+        validate(TrainStageConfig, {**raw["pretrain"], "global_batch": "many"}, "tiny.yaml")
+    assert str(e.value) == "tiny.yaml: global_batch: expected an integer, got 'many'"

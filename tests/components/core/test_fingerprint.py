@@ -1,13 +1,28 @@
-"""Fingerprint parts derived, not listed: a stage body's import closure and data files by content."""
+"""Fingerprint parts derived, not listed: a stage's import closure, data files by content, and a stage's
+arguments walked by the types its signature declares."""
 
 import json
 import os
+import pickle
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 
 from components.core import fingerprint as fp
-from components.core.fingerprint import code_closure, explain, import_closure, path_digest, stage_inputs
+from components.core.config import Strict
+from components.core.fields import NOT_CONFIGURED, SCHEDULING, SECRET, DataFile, ModelPath, NotConfigured
+from components.core.fingerprint import (
+    OutputPath,
+    code_closure,
+    describe_args,
+    explain,
+    import_closure,
+    materialize,
+    path_digest,
+    stage_inputs,
+)
 
 
 def _write(root: Path, rel: str, text: str) -> None:
@@ -29,21 +44,20 @@ def test_import_closure_follows_lazy_relative_and_submodule_imports_within_the_p
                      "components/pkg/__init__.py", "components/pkg/mod.py"}
 
 
-def test_a_stage_body_closure_is_its_own_code_not_its_neighbours():
-    from pipelines.llava15 import evaluate_body, prepare_body, pretrain_body
+def test_a_stage_closure_is_its_own_code_not_its_neighbours():
+    from components.evaluate.stage import run_evaluate
+    from components.prepare.stage import run_prepare
+    from components.train.stage import run_pretrain
 
-    def rel(body):
-        return {str(p.relative_to(fp.REPO_ROOT)) for p in code_closure(body)}
+    def rel(run):
+        return {str(p.relative_to(fp.REPO_ROOT)) for p in code_closure(run)}
 
-    train, prepare = rel(pretrain_body), rel(prepare_body)
-    # train/data.py imports the pixel code: training depends on it, though it lives in prepare/.
-    assert {"components/train/stage.py", "components/train/data.py", "components/prepare/pixels.py"} <= train
-    assert "components/evaluate/stage.py" not in train and "pipelines/engine/executor.py" not in train
+    train, prepare, evaluate = rel(run_pretrain), rel(run_prepare), rel(run_evaluate)
+    # The recipe and its pixel map are imported lazily, when the stage runs: still part of what it runs.
+    assert {"components/train/stage.py", "components/train/recipe.py", "components/train/pixels.py"} <= train
+    assert not {f for f in train if f.startswith(("components/evaluate/", "pipelines/"))}
     assert "components/prepare/stage.py" in prepare and "components/train/stage.py" not in prepare
-    import functools
-
-    evaluate = rel(functools.partial(evaluate_body, bench="gqa"))
-    assert "components/evaluate/stage.py" in evaluate and "components/train/stage.py" not in evaluate
+    assert "components/evaluate/harness.py" in evaluate and "components/train/stage.py" not in evaluate
 
 
 def test_local_files_are_hashed_by_content(tmp_path, monkeypatch):
@@ -89,9 +103,78 @@ def test_remote_files_are_identified_by_size_and_etag(s3_server):
 @pytest.mark.parametrize("part,old,new,reason", [
     ("files", {"data.pretrain.0.annotations": "sha256:1"}, {"data.pretrain.0.annotations": "sha256:2"},
      "file data.pretrain.0.annotations changed"),
-    ("env", {"judge": "not configured"}, {"judge.model": "m"}, "judge changed ('not configured' → '<unset>')"),
+    ("args", {"judge": "not configured"}, {"judge.model": "m"}, "judge changed ('not configured' → '<unset>')"),
 ])
 def test_explain_names_changed_files_and_settings(part, old, new, reason):
-    a = stage_inputs("s", {}, {}, "c", **{part: old})
-    b = stage_inputs("s", {}, {}, "c", **{part: new})
+    a, b = _inputs(part, old), _inputs(part, new)
     assert reason in explain(a, b) and fp.fingerprint(a) != fp.fingerprint(b)
+
+
+def _inputs(part, value):
+    return stage_inputs("s", value if part == "args" else {}, {}, "c", value if part == "files" else {})
+
+
+def test_an_output_of_an_older_version_is_explained_as_such():
+    assert explain({"config": {"x": 1}, "upstream": {}, "code": "c"}, stage_inputs("s", {"x": 1}, {}, "c")) == [
+        "the earlier output was made by an older version of the pipeline"]
+
+
+# ---------------------------------------------------------------- a stage's arguments, by their types
+
+
+class _Section(Strict):
+    lr: float
+    workers: Annotated[int, SCHEDULING] = 1
+    data: DataFile | None = None
+    checkpoint: ModelPath | None = None
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    url: str
+    key: Annotated[str | None, SECRET] = None
+    retries: Annotated[int, SCHEDULING] = 3
+
+
+class _Absent(NotConfigured):
+    pass
+
+
+def _stage(*, section: _Section, items: list[_Section], by_name: dict[str, DataFile], endpoint: _Endpoint | None,
+           judge: object, replicas: Annotated[int, SCHEDULING], prepared: str, run: object) -> None:
+    """A stage signature: what the walker reads its argument types from."""
+
+
+def test_arguments_are_walked_by_the_types_the_stage_declares(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = tmp_path / "a.json"
+    data.write_text("[1]")
+    weights = tmp_path / "ckpt"
+    weights.mkdir()
+    (weights / "w.bin").write_bytes(b"w")
+    prepared = OutputPath(str(tmp_path / "store" / "artifacts" / "prepare" / "f1"), "prepare").join("shards")
+    args = {"section": _Section(lr=0.1, workers=8, data=str(data), checkpoint=str(weights)),
+            "items": [_Section(lr=0.2, checkpoint="lmsys/vicuna-7b-v1.5")], "by_name": {"gqa": str(data)},
+            "endpoint": _Endpoint("https://h/v1?key=abc", key="sk-secret-value", retries=9),
+            "judge": _Absent(), "replicas": 4, "prepared": prepared}
+    d = describe_args(_stage, args)
+    assert d.values == {
+        "section.lr": 0.1, "section.data": str(data), "section.checkpoint": str(weights),
+        "items.0.lr": 0.2, "items.0.data": None, "items.0.checkpoint": "lmsys/vicuna-7b-v1.5",
+        "by_name.gqa": str(data), "endpoint.url": "https://h/v1?key=***", "judge": NOT_CONFIGURED,
+        "prepared": "<prepare/shards>"}  # no workers, retries, replicas (scheduling) nor key (secret)
+    # Local paths by content; a Hub name by its name only.
+    assert set(d.files) == {"section.data", "section.checkpoint", "by_name.gqa"}
+    assert d.files["section.data"] == path_digest(str(data))
+    assert "sk-secret" not in json.dumps([d.values, d.files])
+    with pytest.raises(TypeError, match="takes no argument 'extra'"):
+        describe_args(_stage, {**args, "extra": 1})
+
+
+def test_what_a_stage_is_called_with_holds_no_engine_types():
+    up = OutputPath("/store/artifacts/synth/f", "synth")
+    section = _Section(lr=0.1, data=up.join("a.json"))
+    plain = materialize({"s": section, "l": [up], "d": {"k": up.join("x")}})
+    assert type(plain["s"].data) is str and plain["s"].data == "/store/artifacts/synth/f/a.json"
+    assert type(plain["l"][0]) is str and type(plain["d"]["k"]) is str
+    assert pickle.loads(pickle.dumps(up.join("x"))).ref == "synth/x"

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from components.evaluate.benchmarks import Question, get_benchmark
+from components.evaluate.harness import _BenchmarkRun, _question_rows, _spread
 from components.evaluate.outputs import (
     answer_record,
     category_rows,
@@ -20,7 +21,6 @@ from components.evaluate.outputs import (
 )
 from components.evaluate.pool import GeneratorActor, _image_ref
 from components.evaluate.scoring import read_predictions
-from components.evaluate.stage import _BenchmarkRun, _question_rows, _spread
 
 
 def q(i: int, *, qid: str | None = None, image: str | bytes | None = "images/a.jpg", prompt: str = "what?",
@@ -111,9 +111,9 @@ def test_feed_rows_group_modalities_and_locate_images(tmp_path: Path):
     pope, mmb = get_benchmark("pope"), get_benchmark("mmbench")
     jobs = [
         _BenchmarkRun(pope, tmp_path / "pope", "s3://evals/root/POPE", tmp_path,
-             [q(0, prompt="a long question?"), q(1, prompt="short?")], 128, parity_ids={"1"}),
+                      [q(0, prompt="a long question?"), q(1, prompt="short?")], 128, parity_ids={"1"}),
         _BenchmarkRun(mmb, tmp_path / "mmb", str(tmp_path / "mmb"), tmp_path,
-             [q(0, image=b"png", prompt="x?"), q(1, image=None, prompt="t")], 1024),
+                      [q(0, image=b"png", prompt="x?"), q(1, image=None, prompt="t")], 1024),
     ]
     rows = _question_rows(jobs)
     assert [r["feed"] for r in rows] == [0, 1, 2, 3]
@@ -141,8 +141,8 @@ def test_actor_answers_rows_of_mixed_benchmarks(tokenizer, tmp_path: Path):
     import numpy as np
     import torch
 
-    from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
     from components.models.assembly import build_model
+    from components.models.spec import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 
     cfg = ModelConfig(
         vision=VisionConfig(random_init=RandomVision(image_size=28, patch_size=14, hidden_size=16, num_layers=1,

@@ -161,7 +161,7 @@ def test_format_metrics_single_and_summary(tmp_path: Path) -> None:
 
 
 def test_synthetic_data_is_never_compared_with_the_paper(tmp_path: Path) -> None:
-    from components.evaluate.benchmarks.base import SYNTHETIC_MARKER
+    from components.core.provenance import SYNTHETIC_MARKER
     from components.evaluate.outputs import write_chart
 
     root = make_gqa(tmp_path / "gqa")

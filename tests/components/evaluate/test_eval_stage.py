@@ -1,4 +1,4 @@
-"""The evaluate stage end to end on the synthetic world's eval sets: Ray actors, order, files, MLflow.
+"""The evaluation harness end to end on the synthetic world's eval sets: Ray actors, order, files, MLflow.
 
 One Ray pass (module fixture) answers the first questions of five benchmarks with two actors, the first
 batch held back so results arrive out of order; the tests then check what it wrote and logged.
@@ -14,41 +14,23 @@ import pytest
 import torch
 from PIL import Image
 
-from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 from components.core.mlflow_target import MlflowTarget
 from components.evaluate.benchmarks import UnknownBenchmark, get_benchmark
+from components.evaluate.harness import evaluate_benchmarks
 from components.evaluate.judge import ENV_API_KEY, ENV_BASE_URL, ENV_MODEL, JudgeNotConfigured
 from components.evaluate.scoring import score_file
-from components.evaluate.stage import run_evaluate
-from components.models.assembly import build_model
 from components.synth.evalsets import write_eval_sets
 from components.synth.files import Writer
 from components.synth.scene import COLORS
 
 BENCHES = ["pope", "mme", "gqa", "mmbench", "sqa", "mmvet"]  # mmvet: judged, no judge -> skipped
 LIMIT = 16
-CFG = ModelConfig(
-    vision=VisionConfig(random_init=RandomVision(image_size=28, patch_size=14, hidden_size=16, num_layers=1,
-                                                 num_heads=2, intermediate_size=32)),
-    llm=LLMConfig(random_init=RandomLLM(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                        max_position_embeddings=1024)),
-)
-
-
 @pytest.fixture(scope="module")
 def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic world's eval sets alone (generate_world also renders ~4k training images)."""
     root = tmp_path_factory.mktemp("world") / "synth"
     write_eval_sets(Writer(root), 0, 1.0, sorted(COLORS))
     return root / "eval"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "tiny-llava"
-    build_model(CFG, tokenizer, seed=1).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +50,16 @@ def stage(ray_local, eval_root, model_dir, mlflow_target, tmp_path_factory) -> d
     with pytest.MonkeyPatch.context() as mp:
         for var in (ENV_BASE_URL, ENV_MODEL, ENV_API_KEY):
             mp.delenv(var, raising=False)
-        results = run_evaluate(
-            BENCHES, model_dir=model_dir, eval_root=eval_root, out_dir=out, batch_size=4, num_actors=2,
+        results = evaluate_benchmarks(
+            _folders(eval_root, *BENCHES), model_dir=model_dir, out_dir=out, batch_size=4, num_actors=2,
             limit=LIMIT, parity_sample=4, max_new_tokens=6, mlflow=mlflow_target, delay_first_batch_s=3.0,
         )
     return {"out": out, "results": {r["benchmark"]: r for r in results}}
+
+
+def _folders(eval_root: Path, *names: str) -> dict[str, Path]:
+    """{benchmark: its folder under the eval root}, as the pipeline hands each job its own folder."""
+    return {name: eval_root / get_benchmark(name).folder for name in names}
 
 
 def _lines(path: Path) -> list[dict]:
@@ -179,26 +166,27 @@ def test_metrics_and_artifacts_reach_mlflow(stage, mlflow_target):
 
 
 def test_judge_skip_needs_no_ray_or_model(eval_root, tmp_path):
-    (r,) = run_evaluate(["llava_bench"], model_dir=tmp_path / "absent", eval_root=eval_root, out_dir=tmp_path,
-                      judge=JudgeNotConfigured("no judge in this test"))
+    (r,) = evaluate_benchmarks(_folders(eval_root, "llava_bench"), model_dir=tmp_path / "absent", out_dir=tmp_path,
+                               judge=JudgeNotConfigured("no judge in this test"))
     assert r["status"] == "skipped" and "no judge in this test" in r["reason"]
     assert r["n_questions"] == 60 and r["paper"]["13b"] == get_benchmark("llava_bench").paper["13b"]
 
 
 def test_bad_arguments_are_clear_errors(eval_root, tmp_path):
     with pytest.raises(UnknownBenchmark, match="Did you mean 'pope'"):
-        run_evaluate(["popee"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path)
+        evaluate_benchmarks({"popee": eval_root / "pope"}, model_dir=tmp_path, out_dir=tmp_path)
     with pytest.raises(ValueError, match="limit must be >= 1"):
-        run_evaluate(["pope"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path, limit=0)
+        evaluate_benchmarks(_folders(eval_root, "pope"), model_dir=tmp_path, out_dir=tmp_path, limit=0)
     with pytest.raises(ValueError, match="named more than once"):
-        run_evaluate(["pope", "POPE"], model_dir=tmp_path, eval_root=eval_root, out_dir=tmp_path)
+        evaluate_benchmarks({"pope": eval_root / "pope", "POPE": eval_root / "pope"}, model_dir=tmp_path,
+                            out_dir=tmp_path)
 
 
 @pytest.mark.e2e
 def test_in_process_generation_answers_as_the_actor_pool(stage, eval_root, model_dir, tmp_path):
     """The sweep's CPU path: same rows, same GeneratorActor, no Ray Data; answers and scores equal the pass."""
-    results = run_evaluate(["gqa", "pope"], model_dir=model_dir, eval_root=eval_root, out_dir=tmp_path,
-                             batch_size=4, limit=LIMIT, max_new_tokens=6, in_process=True)
+    results = evaluate_benchmarks(_folders(eval_root, "gqa", "pope"), model_dir=model_dir, out_dir=tmp_path,
+                                  batch_size=4, limit=LIMIT, max_new_tokens=6, in_process=True)
     for r in results:
         name = r["benchmark"]
         assert r["status"] == "ok" and r["n_missing"] == 0 and r["value"] == stage["results"][name]["value"]
@@ -213,10 +201,11 @@ def test_in_process_generation_on_this_process_gpu(eval_root, model_dir, tmp_pat
     both devices (TF32 off); greedy answers may differ where two tokens tie within GPU rounding, so 90% must
     match."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    common = dict(model_dir=model_dir, eval_root=eval_root, batch_size=4, limit=LIMIT, max_new_tokens=6,
-                  in_process=True, dtype="float32")
-    (cpu,) = run_evaluate(["gqa"], out_dir=tmp_path / "cpu", **common)
-    (gpu,) = run_evaluate(["gqa"], out_dir=tmp_path / "gpu", use_gpu=True, **common)
+    common = dict(model_dir=model_dir, batch_size=4, limit=LIMIT, max_new_tokens=6, in_process=True,
+                  dtype="float32")
+    gqa = _folders(eval_root, "gqa")
+    (cpu,) = evaluate_benchmarks(gqa, out_dir=tmp_path / "cpu", **common)
+    (gpu,) = evaluate_benchmarks(gqa, out_dir=tmp_path / "gpu", use_gpu=True, **common)
     assert gpu["status"] == "ok" and gpu["n_missing"] == 0 and gpu["generation"]["use_gpu"] is True
     a, b = (_lines(tmp_path / d / "gqa" / "answers.jsonl") for d in ("cpu", "gpu"))
     assert [x["question_id"] for x in a] == [x["question_id"] for x in b]
@@ -232,13 +221,16 @@ def test_a_warm_pool_serves_several_benchmark_jobs(ray_local, eval_root, model_d
     spec = PoolSpec(str(model_dir), "vicuna_v1", batch_size=4, num_actors=1, use_gpu=False)
     pool = warm_pool(spec)
     actors = list(pool.actors)
-    common = dict(model_dir=model_dir, eval_root=eval_root, batch_size=4, limit=LIMIT, max_new_tokens=6)
-    (gqa,) = run_evaluate(["gqa"], out_dir=tmp_path / "a", pool=pool, **common)
-    (blank,) = run_evaluate(["gqa"], out_dir=tmp_path / "b", pool=warm_pool(spec), blank_images=True, **common)
-    (pope,) = run_evaluate(["pope"], out_dir=tmp_path / "c", pool=warm_pool(spec), **common)
+    common = dict(model_dir=model_dir, batch_size=4, limit=LIMIT, max_new_tokens=6)
+    only_gqa, only_pope = _folders(eval_root, "gqa"), _folders(eval_root, "pope")
+    (gqa,) = evaluate_benchmarks(only_gqa, out_dir=tmp_path / "a", pool=pool, **common)
+    (blank,) = evaluate_benchmarks(only_gqa, out_dir=tmp_path / "b", pool=warm_pool(spec), blank_images=True,
+                                   **common)
+    (pope,) = evaluate_benchmarks(only_pope, out_dir=tmp_path / "c", pool=warm_pool(spec), **common)
     assert warm_pool(spec) is pool and pool.actors == actors  # no new replica was started
-    reference = run_evaluate(["gqa", "pope"], out_dir=tmp_path / "d", in_process=True, **common)
-    run_evaluate(["gqa"], out_dir=tmp_path / "e", in_process=True, blank_images=True, **common)
+    reference = evaluate_benchmarks(_folders(eval_root, "gqa", "pope"), out_dir=tmp_path / "d", in_process=True,
+                                    **common)
+    evaluate_benchmarks(only_gqa, out_dir=tmp_path / "e", in_process=True, blank_images=True, **common)
     assert [gqa["value"], pope["value"]] == [r["value"] for r in reference]
 
     def answers(folder: Path) -> list[str]:

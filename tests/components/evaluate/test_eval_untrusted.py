@@ -10,9 +10,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
-from components.evaluate.stage import run_evaluate
+from components.evaluate.harness import evaluate_benchmarks
 from components.models.assembly import build_model
+from components.models.spec import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 from components.synth.evalsets import write_eval_sets
 from components.synth.files import Writer
 from components.synth.scene import COLORS
@@ -71,8 +71,8 @@ def test_hostile_questions_are_rejected_each_with_its_reason(tokenizer, tmp_path
     build_model(CFG, tokenizer, seed=1).save_pretrained(model)
     tokenizer.save_pretrained(model)
 
-    (r,) = run_evaluate(["gqa"], model_dir=model, eval_root=eval_root, out_dir=tmp_path / "out", batch_size=4,
-                      max_new_tokens=4, in_process=True)
+    (r,) = evaluate_benchmarks({"gqa": eval_root / "gqa"}, model_dir=model, out_dir=tmp_path / "out",
+                               batch_size=4, max_new_tokens=4, in_process=True)
 
     assert r["status"] == "ok" and r["n_questions"] == len(rows)
     # kept + rejected = every record of the file
@@ -106,6 +106,6 @@ def test_a_benchmark_with_most_questions_rejected_fails_loudly(tokenizer, tmp_pa
     build_model(CFG, tokenizer, seed=1).save_pretrained(model)
     tokenizer.save_pretrained(model)
     with pytest.raises(BenchmarkDataError, match=r"gqa: (\d+) of \1 questions were rejected .*missing_image"):
-        run_evaluate(["gqa"], model_dir=model, eval_root=eval_root, out_dir=tmp_path / "out", batch_size=4,
-                       max_new_tokens=4, limit=8, in_process=True)
+        evaluate_benchmarks({"gqa": eval_root / "gqa"}, model_dir=model, out_dir=tmp_path / "out", batch_size=4,
+                            max_new_tokens=4, limit=8, in_process=True)
     assert len((tmp_path / "out" / "gqa" / "rejected.jsonl").read_text().splitlines()) == 8

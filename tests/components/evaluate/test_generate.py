@@ -9,17 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 from components.core.tokenize import tokenize_prompt
 from components.evaluate.generate import (
     GenerationError,
     Generator,
     GenItem,
     compare_answers,
-    model_image_settings,
     parity_differences,
 )
-from components.models.assembly import build_model
+from components.models.assembly import build_model, model_image_settings
+from components.models.spec import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 from components.models.tokenizer import image_token_id
 
 WORDS = "what colour is the shape left right top bottom how many red green blue circle square".split()

@@ -10,7 +10,7 @@ import pytest
 
 from components.core import storage
 from components.evaluate.benchmarks import get_benchmark
-from components.evaluate.stage import _BenchmarkRun, _question_rows, benchmark_folder
+from components.evaluate.harness import _BenchmarkRun, _question_rows, local_folder
 from components.export.samples import parity_items
 from components.synth.evalsets import write_eval_sets
 from components.synth.files import Writer
@@ -29,8 +29,9 @@ def s3_eval_root(s3_server, tmp_path_factory) -> str:
 def test_question_files_come_here_images_stay_remote(s3_eval_root, tmp_path, monkeypatch):
     monkeypatch.setenv("LLAVA_PIPELINE_CACHE", str(tmp_path / "cache"))
     gqa = get_benchmark("gqa")
-    root, source = benchmark_folder(s3_eval_root, gqa)
-    assert source == f"{s3_eval_root}/{gqa.folder}" and root.is_relative_to(tmp_path / "cache")
+    source = f"{s3_eval_root}/{gqa.folder}"  # the benchmark's folder, as the pipeline hands it to its job
+    root = local_folder(source, gqa)
+    assert root.is_relative_to(tmp_path / "cache")
     assert (root / gqa.questions_file).is_file() and not (root / "images").exists()
     questions = gqa.load_questions(root)
     rows = _question_rows([_BenchmarkRun(gqa, root, source, tmp_path / "out", questions, 8)])
@@ -41,7 +42,8 @@ def test_question_files_come_here_images_stay_remote(s3_eval_root, tmp_path, mon
 
 def test_export_parity_prompts_read_their_images_from_the_bucket(s3_eval_root, tmp_path, monkeypatch):
     monkeypatch.setenv("LLAVA_PIPELINE_CACHE", str(tmp_path / "cache"))
-    items = parity_items({"evaluate.gqa": str(tmp_path / "no-eval-output")}, 3, eval_root=s3_eval_root)
+    items = parity_items({"gqa": str(tmp_path / "no-eval-output")}, 3,
+                         benchmark_folders={"gqa": f"{s3_eval_root}/gqa"})
     assert [it.source for it in items[:2]] == ["gqa", "gqa"]  # not the answers.jsonl fallback
     assert all(it.image is not None and it.image.size[0] > 0 for it in items[:2])
     assert Path(tmp_path / "cache").is_dir()

@@ -10,9 +10,9 @@ import torch
 from PIL import Image, ImageDraw
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from components.core.config import load_config
 from components.core.conversation import parse_record
 from components.core.mlflow_target import MlflowTarget
+from components.core.stage_run import StageRun
 from components.core.templates import generation_segments, render_segments, render_text
 from components.export.chat_template import VICUNA_V1_CHAT_TEMPLATE, chat_template
 from components.export.package import ExportError
@@ -21,6 +21,7 @@ from components.export.registry import read_eval_results
 from components.export.samples import FIXED_PROMPTS, parity_items
 from components.export.stage import run_export
 from components.models.assembly import build_model
+from pipelines.config import load_config
 
 NEW_TOKENS = 8  # parity answers this long keep the file fast and still compare several decoding steps
 
@@ -38,8 +39,16 @@ def _save_model(tokenizer, path: Path, connector: str) -> str:
     return str(path)
 
 
-def _cfg(*overrides: str):
-    return load_config("tiny", overrides=list(overrides))
+def _export(model: str, out: str, *, evaluations: dict[str, str] | None = None,
+            benchmark_folders: dict[str, str] | None = None, parity_sample: int = 8,
+            allow_custom_connector: bool = False, registered_name: str = "tiny", fingerprint: str = "fp",
+            mlflow: MlflowTarget | None = None, parity_max_new_tokens: int | None = None) -> dict:
+    """run_export with the arguments the tiny config's export job gets (see pipelines/llava15.export_args)."""
+    return run_export(model=model, evaluations=evaluations or {}, benchmark_folders=benchmark_folders or {},
+                      template="vicuna_v1", parity_sample=parity_sample,
+                      allow_custom_connector=allow_custom_connector, registered_name=registered_name,
+                      pipeline="tiny", parity_max_new_tokens=parity_max_new_tokens,
+                      run=StageRun(stage="export", out=out, storage=out, fingerprint=fingerprint, mlflow=mlflow))
 
 
 def _image(w: int, h: int, fill: tuple[int, int, int]) -> Image.Image:
@@ -83,16 +92,14 @@ def eval_outputs(tmp_path_factory) -> dict[str, str]:
     answers = [{"question_id": i, "prompt": f"Is the {c} shape on the left?\nAnswer the question using a single "
                 "word or phrase.", "text": "yes"} for i, c in enumerate(["red", "blue", "green"])]
     (gqa / "gqa" / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
-    return {"evaluate.gqa": str(gqa), "evaluate.pope": str(pope)}
+    return {"gqa": str(gqa), "pope": str(pope)}
 
 
 @pytest.fixture(scope="module")
 def exported(model_dir, eval_outputs, mlflow_target, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("export")
-    cfg = _cfg("export.parity_sample=4", "export.registered_model_name=tiny-llava")
-    metrics = run_export(cfg, model_dir=model_dir, out=str(out), eval_outputs=eval_outputs,
-                               pipeline_fingerprint="fp-1234", mlflow=mlflow_target,
-                               parity_max_new_tokens=NEW_TOKENS)
+    metrics = _export(model_dir, str(out), evaluations=eval_outputs, parity_sample=4, registered_name="tiny-llava",
+                      fingerprint="fp-1234", mlflow=mlflow_target, parity_max_new_tokens=NEW_TOKENS)
     return metrics, out
 
 
@@ -169,7 +176,7 @@ def test_registry_entry(exported, mlflow_target):
     assert version.run_id == mlflow_target.run_id
     assert version.source == f"runs:/{mlflow_target.run_id}/model"
     assert version.tags["eval.gqa.accuracy"] == "71.5" and version.tags["eval.pope.f1"] == "83.25"
-    assert version.tags["pipeline_fingerprint"] == "fp-1234"
+    assert version.tags["pipeline_fingerprint"] == "fp-1234" and version.tags["pipeline"] == "tiny"
     assert version.tags["mm_projector_type"] == "mlp2x_gelu" and version.tags["parity_ok"] == "True"
     logged = {a.path for a in client.list_artifacts(mlflow_target.run_id, "model")}
     assert "model/MLmodel" in logged  # an MLflow model, not just files
@@ -185,12 +192,10 @@ def test_registry_entry(exported, mlflow_target):
 
 
 def test_refuses_a_connector_transformers_cannot_represent(linear_dir, tmp_path):
-    cfg = _cfg("model.connector=linear")
     with pytest.raises(ExportError) as err:
-        run_export(cfg, model_dir=linear_dir, out=str(tmp_path / "out"), eval_outputs={},
-                         pipeline_fingerprint="fp", mlflow=None)
+        _export(linear_dir, str(tmp_path / "out"))
     message = str(err.value)
-    assert "'linear'" in message and "model.connector='linear'" in message
+    assert "'linear'" in message and "model.connector" in message
     assert "export.allow_custom_connector" in message
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
@@ -199,9 +204,8 @@ def test_custom_connector_opt_in(linear_dir, tmp_path):
     from components.models.assembly import load_llava
     from components.models.connectors import connector_spec_of
 
-    cfg = _cfg("model.connector=linear", "export.allow_custom_connector=true", "export.parity_sample=2")
-    metrics = run_export(cfg, model_dir=linear_dir, out=str(tmp_path / "out"), eval_outputs={},
-                               pipeline_fingerprint="fp", mlflow=None, parity_max_new_tokens=4)
+    metrics = _export(linear_dir, str(tmp_path / "out"), allow_custom_connector=True, parity_sample=2,
+                      parity_max_new_tokens=4)
     assert metrics["custom_connector"] is True and metrics["parity_ok"] is True
     assert metrics["registered_version"] is None and metrics["registry"].startswith("skipped")
     model = tmp_path / "out" / "model"
@@ -215,10 +219,8 @@ def test_parity_mismatch_fails_the_stage(model_dir, tmp_path, monkeypatch):
     # llava_v1's system prompt ("curious human") instead of vicuna_v1's: the reference's classic mix-up.
     wrong = VICUNA_V1_CHAT_TEMPLATE.replace("curious user", "curious human")
     monkeypatch.setattr("components.export.package.chat_template", lambda template: wrong)
-    cfg = _cfg("export.parity_sample=1")
     with pytest.raises(ParityError) as err:
-        run_export(cfg, model_dir=model_dir, out=str(tmp_path / "out"), eval_outputs={},
-                         pipeline_fingerprint="fp", mlflow=None, parity_max_new_tokens=2)
+        _export(model_dir, str(tmp_path / "out"), parity_sample=1, parity_max_new_tokens=2)
     assert "1 of 1 prompts differ" in str(err.value) and "prompt_text" in str(err.value)
     assert "input_ids" in str(err.value)
     report = json.loads((tmp_path / "out" / "parity.json").read_text())
@@ -266,11 +268,29 @@ def test_parity_items_sources(eval_outputs, tmp_path):
     assert len(one) == 1 and one[0].image is not None
 
 
+def test_parity_items_read_each_benchmark_from_its_own_folder(eval_outputs, tmp_path):
+    from components.synth.evalsets import write_eval_sets
+    from components.synth.files import Writer
+    from components.synth.scene import COLORS
+
+    write_eval_sets(Writer(tmp_path / "synth"), 0, 0.05, sorted(COLORS), names=("gqa",))
+    folder = str(tmp_path / "synth" / "eval" / "gqa")
+    items = parity_items(eval_outputs, 3, benchmark_folders={"gqa": folder})
+    assert [it.source for it in items[:2]] == ["gqa", "gqa"] and items[0].key.startswith("gqa:")
+    assert all(it.image is not None and it.image.size[0] > 0 for it in items[:2])
+    # Keyed by benchmark name: a folder given for another benchmark is not this one's.
+    other = parity_items(eval_outputs, 3, benchmark_folders={"pope": folder})
+    assert [it.source for it in other] == ["gqa:answers", "gqa:answers", "fixed"]
+    # An unreadable folder (another machine's path) falls back to the answers file.
+    absent = parity_items(eval_outputs, 3, benchmark_folders={"gqa": str(tmp_path / "absent")})
+    assert [it.source for it in absent] == ["gqa:answers", "gqa:answers", "fixed"]
+
+
 def test_bad_metrics_file_is_named(tmp_path):
     (tmp_path / "gqa").mkdir()
     (tmp_path / "gqa" / "metrics.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"gqa/metrics\.json: not valid JSON"):
-        read_eval_results({"evaluate.gqa": str(tmp_path)})
+        read_eval_results({"gqa": str(tmp_path)})
 
 
 def test_s3_model_dir_and_output(s3_server, model_dir, tmp_path, monkeypatch):
@@ -280,9 +300,7 @@ def test_s3_model_dir_and_output(s3_server, model_dir, tmp_path, monkeypatch):
     fs = s3fs.S3FileSystem()
     fs.mkdir("export-bucket")
     fs.put(model_dir + "/", "export-bucket/finetune/model/", recursive=True)
-    cfg = _cfg("export.parity_sample=0")
-    metrics = run_export(cfg, model_dir="s3://export-bucket/finetune/model", out="s3://export-bucket/export",
-                               eval_outputs={}, pipeline_fingerprint="fp", mlflow=None)
+    metrics = _export("s3://export-bucket/finetune/model", "s3://export-bucket/export", parity_sample=0)
     assert metrics["parity_checked"] == 0 and "parity_ok" not in metrics
     fs.invalidate_cache()
     assert {"config.json", "model.safetensors", "processor_config.json", "chat_template.jinja"} <= {

@@ -11,9 +11,9 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
-from components.core.config import LLMConfig, ModelConfig, VisionConfig
 from components.models.assembly import build_model, num_image_tokens, vision_image_size
 from components.models.connectors import connector_spec_of
+from components.models.spec import LLMConfig, ModelConfig, ModelSpec, VisionConfig
 from components.models.tokenizer import image_token_id
 
 TOWER = {"image_size": 56, "patch_size": 14, "hidden_size": 32, "num_hidden_layers": 2,
@@ -24,7 +24,7 @@ def test_tiny_model_forward_gives_logits_and_loss(tokenizer, tiny_config, make_b
     cfg = tiny_config()
     model = build_model(cfg, tokenizer)
     assert isinstance(model, LlavaForConditionalGeneration)
-    assert num_image_tokens(cfg) == 16  # (56 / 14)², CLS dropped
+    assert num_image_tokens(cfg.vision) == 16  # (56 / 14)², CLS dropped
     inputs = make_batch(tokenizer, 16)
     out = model(**inputs)
     assert out.logits.shape == (2, inputs["input_ids"].shape[1], len(tokenizer))
@@ -50,7 +50,7 @@ def test_feature_select_and_layer_reach_the_model(tokenizer, tiny_config, make_b
     model = build_model(cfg, tokenizer)
     assert model.config.vision_feature_layer == -1
     assert model.config.vision_feature_select_strategy == "full"
-    assert num_image_tokens(cfg) == model.config.image_seq_length == 17
+    assert num_image_tokens(cfg.vision) == model.config.image_seq_length == 17
     model(**make_batch(tokenizer, 17))  # CLS kept: 17 features per image
     with pytest.raises(ValueError, match="do not match"):
         model(**make_batch(tokenizer, 16))
@@ -65,7 +65,7 @@ def test_feature_layer_changes_the_features(tokenizer, tiny_config, make_batch):
 
 def test_image_size_override_for_random_towers(tokenizer, tiny_config, make_batch):
     cfg = tiny_config(image_size=28)
-    assert vision_image_size(cfg) == 28 and num_image_tokens(cfg) == 4
+    assert vision_image_size(cfg.vision) == 28 and num_image_tokens(cfg.vision) == 4
     model = build_model(cfg, tokenizer)
     assert model.config.vision_config.image_size == 28
     model(**make_batch(tokenizer, 4, image_size=28))
@@ -95,6 +95,16 @@ def test_seeded_and_leaves_the_global_rng_alone(tokenizer, tiny_config):
     c = build_model(tiny_config(), tokenizer, seed=6).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_the_model_spec_alone_builds_the_same_model(tokenizer, tiny_config):
+    """Training gets `cfg.model.spec()` (no tokenizer settings): it builds what the whole section builds."""
+    cfg = tiny_config(connector="linear")
+    spec = cfg.spec()
+    assert type(spec) is ModelSpec and not hasattr(spec, "tokenizer") and spec.connector == "linear"
+    a = build_model(cfg, tokenizer, seed=5).state_dict()
+    b = build_model(spec, tokenizer, seed=5).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_dtype_and_eval_mode(tokenizer, tiny_config):
@@ -138,7 +148,7 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_real_checkpoints_are_loaded_and_resized(checkpoints, tokenizer, make_batch):
     root, tower, _, llm = checkpoints
     cfg = _real_config(str(root / "clip_vision"), str(root / "llama"))
-    assert vision_image_size(cfg) == 56 and num_image_tokens(cfg) == 16
+    assert vision_image_size(cfg.vision) == 56 and num_image_tokens(cfg.vision) == 16
     model = build_model(cfg, tokenizer)
     assert _same(model.model.vision_tower, tower)
     n = len(tokenizer) - 2
@@ -163,7 +173,7 @@ def test_vision_part_of_a_full_clip_checkpoint(checkpoints, tokenizer):
 def test_image_size_override_resizes_checkpoint_positions(checkpoints, tokenizer, make_batch):
     root, tower, _, _ = checkpoints
     cfg = _real_config(str(root / "clip_vision"), str(root / "llama"), image_size=84)
-    assert vision_image_size(cfg) == 84 and num_image_tokens(cfg) == 36
+    assert vision_image_size(cfg.vision) == 84 and num_image_tokens(cfg.vision) == 36
     model = build_model(cfg, tokenizer)
     assert model.config.vision_config.image_size == 84
     pos = next(v for k, v in model.model.vision_tower.state_dict().items() if k.endswith("position_embedding.weight"))

@@ -65,7 +65,7 @@ def test_each_connector_trains_inside_the_model(spec, tokenizer, tiny_config, ma
     model = build_model(cfg, tokenizer).train()
     assert connector_spec_of(model) == spec
     assert model.config.mm_projector_type == spec
-    out = model(**make_batch(tokenizer, num_image_tokens(cfg)))
+    out = model(**make_batch(tokenizer, num_image_tokens(cfg.vision)))
     assert out.logits.shape[-1] == len(tokenizer)
     out.loss.backward()
     conn_params = list(connector_of(model).parameters())
@@ -114,7 +114,7 @@ def test_non_native_connector_survives_save_and_load_llava(tmp_path, tokenizer, 
     model.save_pretrained(tmp_path / "ckpt")
     loaded = load_llava(tmp_path / "ckpt")
     assert connector_spec_of(loaded) == "mlp3x_gelu"
-    inputs = make_batch(tokenizer, num_image_tokens(cfg))
+    inputs = make_batch(tokenizer, num_image_tokens(cfg.vision))
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, loaded(**inputs).logits)
 

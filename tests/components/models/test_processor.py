@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 from transformers import AutoProcessor
 
-from components.core.config import load_config
 from components.core.images import normalize
 from components.export.package import write_model_dir
 from components.models.assembly import build_model
 from components.models.processor import build_processor
-from components.prepare.pixels import load_pixels
 from components.train.outputs import write_finetune_output
+from components.train.pixels import load_pixels
+from pipelines.config import load_config
 
 
 def noise_png(path: Path, w: int, h: int) -> Path:

@@ -1,20 +1,18 @@
-"""The prepare stage on a real local Ray: a bad-input corpus with every rejection reason."""
+"""The prepare stage on a real local Ray: a bad-input corpus with every rejection reason (the pixels training
+streams from its shards: tests/components/train/test_pixels.py)."""
 
 import io
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from components.core import images
-from components.core.config import DataSource
 from components.prepare.dataset import prepare_dataset
-from components.prepare.pixels import PixelLoader, load_pixels, pixels_from_bytes
 from components.prepare.process import PrepareSettings
+from components.prepare.spec import DataSource
 
 N_IMG = 16
 MAX_PIXELS = 400 * 400
@@ -275,21 +273,6 @@ def test_shards_are_deterministic(prepared, corpus, tokenizer, tmp_path):
     assert a.num_rows and a.equals(b)
     for name in ("stats.json", "rejected.jsonl"):
         assert (a_dir / name).read_text() == (tmp_path / "b" / name).read_text()
-
-
-def test_streaming_pixels_equal_pure_functions(ray_local, prepared):
-    out, _ = prepared
-    ds = ray_local.data.read_parquet(str(out / "shards")).map_batches(
-        PixelLoader("pad", 56), batch_format="pyarrow", batch_size=4)
-    rows = ds.take_all()
-    assert rows
-    for row in rows:
-        got = images.normalize(pixels_from_bytes([row["pixels"]], 56))[0]
-        if row["image"]:
-            img = images.decode_image(Path(row["image"]).read_bytes(), draft_size=56)
-            assert np.array_equal(got, images.pixel_values(img, "pad", 56))
-        else:
-            assert np.array_equal(load_pixels("", "pad", 56), np.zeros((3, 56, 56), np.uint8))
 
 
 def test_s3_inputs_and_outputs(ray_local, s3_server, corpus, tokenizer, tmp_path):

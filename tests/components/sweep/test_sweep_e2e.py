@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from components.core.config import load_config
+from pipelines.config import load_config
 from pipelines.engine.run_cmd import run_pipeline
 
 pytestmark = pytest.mark.e2e
@@ -151,10 +151,10 @@ def test_auto_takes_the_best_trial_and_downstream_fingerprints_follow(swept):
     size = chosen["resolution"]["image_size"]
     for stage in ("pretrain", "finetune"):
         assert plan[stage].fingerprint != "pending"
-        assert plan[stage].cfg.model.connector == chosen["connector"]
-        assert plan[stage].cfg.model.vision.image_size == size
-        assert plan[stage].inputs["config"]["model.connector"] == chosen["connector"]
-        assert plan[stage].inputs["config"]["model.vision.image_size"] == size
+        assert plan[stage].args["model"].connector == chosen["connector"]
+        assert plan[stage].args["model"].vision.image_size == size
+        assert plan[stage].inputs["args"]["model.connector"] == chosen["connector"]
+        assert plan[stage].inputs["args"]["model.vision.image_size"] == size
         assert plan[stage].choices == {"model.connector": chosen["connector"], "model.vision.image_size": size}
     assert plan["evaluate.gqa"].fingerprint != "pending"
 

@@ -2,8 +2,23 @@
 
 import pytest
 
-from components.core.config import ConfigError, load_config, load_raw, model_for_prepare
-from components.sweep.space import auto_keys, grid, point_for, resolve_auto, rung_steps, trial_config
+from components.core.config import ConfigError, load_raw
+from components.models.spec import AUTO
+from components.sweep.space import grid, point_for, rung_steps, trial_setup
+from pipelines.config import load_config
+from pipelines.llava15 import auto_keys, prepared_vision, resolve_auto
+
+
+def _grid(cfg):
+    return grid(cfg.sweep, cfg.model.spec())
+
+
+def _point(cfg, connector, image_size):
+    return point_for(cfg.sweep, cfg.model.spec(), connector, image_size)
+
+
+def _trial(cfg, point):
+    return trial_setup(cfg.sweep, cfg.model.spec(), cfg.pretrain, cfg.finetune, point)
 
 
 def test_tiny_sweep_extends_tiny():
@@ -21,10 +36,10 @@ def test_tiny_sweep_ranks_by_dev_accuracy_with_asha():
     from components.sweep.stage import dev_benchmark, sweep_metric
 
     cfg = load_config("tiny_sweep")
-    assert sweep_metric(cfg, dev_benchmark(cfg)) == "accuracy" and cfg.sweep.mode == "max"
+    assert sweep_metric(cfg.sweep, dev_benchmark(cfg.sweep)) == "accuracy" and cfg.sweep.mode == "max"
     assert cfg.sweep.asha.enabled and rung_steps(cfg.sweep.proxy.finetune_steps, cfg.sweep.rungs) == [100, 200]
     with pytest.raises(ValueError, match="sweep.metric: 'f1'"):
-        sweep_metric(load_config("tiny_sweep", ["sweep.metric=f1"]), dev_benchmark(cfg))
+        sweep_metric(load_config("tiny_sweep", ["sweep.metric=f1"]).sweep, dev_benchmark(cfg.sweep))
 
 
 def test_extends_errors_name_the_file(tmp_path):
@@ -71,37 +86,43 @@ def test_paper_space_pairs_resolutions_with_their_towers():
     towers = {r.image_size: r.name_or_path for r in cfg.sweep.space.resolution}
     assert towers == {224: "openai/clip-vit-large-patch14", 336: "openai/clip-vit-large-patch14-336"}
     cfg = load_config("llava15_7b", ["sweep.enabled=true", "model.connector=auto", "model.vision.image_size=auto"])
-    points = grid(cfg)
+    points = _grid(cfg)
     assert [p.key for p in points] == ["linear-224px", "linear-336px", "mlp2x_gelu-224px", "mlp2x_gelu-336px",
                                        "mlp3x_gelu-224px", "mlp3x_gelu-336px"]
-    small = trial_config(cfg, point_for(cfg, "mlp3x_gelu", 224))
+    small = _trial(cfg, _point(cfg, "mlp3x_gelu", 224))
     assert small.model.connector == "mlp3x_gelu"
     assert (small.model.vision.image_size, small.model.vision.name_or_path) == (224, "openai/clip-vit-large-patch14")
     # the shared prepared data is cut for the largest candidate (its tower included)
-    prep = model_for_prepare(cfg)
-    assert (prep.vision.image_size, prep.vision.name_or_path) == (336, "openai/clip-vit-large-patch14-336")
-    assert model_for_prepare(load_config("llava15_7b")) == load_config("llava15_7b").model
+    prep = prepared_vision(cfg)
+    assert (prep.image_size, prep.name_or_path) == (336, "openai/clip-vit-large-patch14-336")
+    assert prepared_vision(load_config("llava15_7b")) == load_config("llava15_7b").model.vision
 
 
-def test_trial_config_applies_point_proxy_budget_and_resources():
+def test_trial_setup_applies_point_proxy_budget_and_resources():
     cfg = load_config("tiny_sweep", ["pretrain.max_steps=5", "sweep.proxy.pretrain_steps=8",
                                      "sweep.proxy.finetune_steps=12", "sweep.proxy.data_fraction=0.5"])
-    t = trial_config(cfg, point_for(cfg, "linear", 84))
+    t = _trial(cfg, _point(cfg, "linear", 84))
     assert t.model.connector == "linear" and t.model.vision.image_size == 84
     assert t.pretrain.epochs == 0.5 and t.finetune.epochs == 0.8  # tiny: 1 and 1.6 epochs
     assert t.pretrain.max_steps == 5 and t.finetune.max_steps == 12  # the smaller cap wins
     assert t.finetune.num_workers == 1 and t.finetune.cpus_per_worker == 1.0 and t.finetune.gradient_accumulation == 1
-    assert t.finetune.checkpoint_every == 0 and not t.sweep.enabled
-    assert auto_keys(t) == []
+    # one worker group trains both stages: pretrain takes the trial's resources too
+    assert (t.pretrain.num_workers, t.pretrain.cpus_per_worker) == (t.finetune.num_workers, 1.0)
+    assert t.finetune.checkpoint_every == 0 and t.pretrain.checkpoint_every == 0
+    assert AUTO not in (t.model.connector, t.model.vision.image_size)  # nothing left for a sweep to choose
+    assert auto_keys(cfg) == ["model.connector", "model.vision.image_size"]
+    # the settings not cut to the proxy are the config's own
+    assert t.finetune.optim == cfg.finetune.optim and t.model.llm == cfg.model.llm
+    assert t.model.vision.random_init == cfg.model.vision.random_init
 
 
 def test_unsearched_dimension_keeps_the_model_value():
     cfg = load_config("tiny", ["sweep.enabled=true", "sweep.space.connector=[linear, mlp3x_gelu]"])
-    assert [(p.connector, p.image_size, p.key) for p in grid(cfg)] == [
+    assert [(p.connector, p.image_size, p.key) for p in _grid(cfg)] == [
         ("linear", None, "linear-model"), ("mlp3x_gelu", None, "mlp3x_gelu-model")]
-    assert trial_config(cfg, grid(cfg)[1]).model.vision.image_size is None
+    assert _trial(cfg, _grid(cfg)[1]).model.vision.image_size is None
     cfg = load_config("tiny", ["sweep.enabled=true", "sweep.space.connector=[]", "sweep.space.resolution=[28, 42]"])
-    assert [p.key for p in grid(cfg)] == ["mlp2x_gelu-28px", "mlp2x_gelu-42px"]
+    assert [p.key for p in _grid(cfg)] == ["mlp2x_gelu-28px", "mlp2x_gelu-42px"]
 
 
 def test_rung_steps_split_the_finetune_evenly():

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from components.synth import generate_world
 from components.synth.scene import nearest_color
+from components.synth.world import generate_world
 
 
 @dataclass(frozen=True)

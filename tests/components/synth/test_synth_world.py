@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from components.synth import generate_world
 from components.synth import world as world_module
 from components.synth.prompts import CAPTION_INSTRUCTIONS, CHOICE_SUFFIX, SHORT_SUFFIX, UNANSWERABLE_HINT
 from components.synth.scene import HEIGHT_RANGE, WIDTH_RANGE
+from components.synth.world import generate_world
 
 ROLES = {
     "pretrain_annotations",

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 from components.core.tokenize import IGNORE_INDEX
 from components.models.assembly import build_model, num_image_tokens
+from components.models.spec import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 from components.models.tokenizer import image_token_id
 from components.train.collate import CollateSpec
 
@@ -37,7 +37,7 @@ def build_tiny_llava(tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny_spec(tokenizer) -> CollateSpec:
-    return CollateSpec(image_id=image_token_id(tokenizer), num_image_tokens=num_image_tokens(CFG), max_length=64,
+    return CollateSpec(image_id=image_token_id(tokenizer), num_image_tokens=num_image_tokens(CFG.vision), max_length=64,
                        pad_id=tokenizer.pad_token_id, image_size=28)
 
 
@@ -69,8 +69,11 @@ PRETRAIN_ROWS, FINETUNE_ROWS = 480, 640
 @pytest.fixture(scope="session")
 def world(tmp_path_factory, ray_local, subset_world):
     """(root, config overrides): a prepared subset of the tiny world (root/"prep"), shared by the session."""
-    from components.core.config import load_config
+    from components.core.fingerprint import OutputPath
+    from components.core.stage_run import StageRun
     from components.prepare.stage import run_prepare
+    from pipelines.config import load_config
+    from pipelines.llava15 import prepare_args
 
     root = tmp_path_factory.mktemp("train")
     synth, data = subset_world(root, PRETRAIN_ROWS, FINETUNE_ROWS)
@@ -83,5 +86,7 @@ def world(tmp_path_factory, ray_local, subset_world):
         "finetune.deepspeed=deepspeed/zero3.json", "finetune.num_workers=2", "finetune.cpus_per_worker=0.5",
         "finetune.global_batch=32", "finetune.threads_per_worker=null",
     ]
-    run_prepare(load_config("tiny", overrides), str(root / "prep"), str(synth))
+    prep = str(root / "prep")
+    run_prepare(**prepare_args(load_config("tiny", overrides), {"synth": OutputPath(str(synth), "synth")}),
+                run=StageRun(stage="prepare", out=prep, storage=str(root), fingerprint="test"))
     return root, overrides

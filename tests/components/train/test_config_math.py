@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from components.core.config import load_config
-from components.train.engine import deepspeed_config
 from components.train.flops import FlopCounts, mfu, peak_flops
-from components.train.stage import total_steps
+from components.train.recipe import total_steps
+from components.train.zero import deepspeed_config
+from pipelines.config import load_config
 
 
 def test_deepspeed_auto_fields_come_from_the_stage():

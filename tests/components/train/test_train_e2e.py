@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from components.train.env import FAULT_ENV, PROBE_ENV
+
 pytestmark = pytest.mark.e2e
 
 
@@ -27,24 +29,24 @@ def _fresh_model(cfg, root):
     """The model every training worker starts from (same config, same seed)."""
     from components.models.assembly import build_model
 
-    return build_model(cfg.model, _tokenizer(root), seed=cfg.seed)
+    return build_model(cfg.model.spec(), _tokenizer(root), seed=cfg.seed)
 
 
 @pytest.fixture(scope="module")
 def pretrained(world):
-    from components.core.config import load_config
-    from components.train.stage import run_train
+    from components.train.stage import train_on_ray
+    from pipelines.config import load_config
 
     root, overrides = world
     cfg = load_config("tiny", overrides)
-    summary = run_train(cfg, "pretrain", prepared=str(root / "prep"), out=str(root / "out" / "pretrain"),
-                           run_name="pretrain", storage_path=str(root / "runs"))
+    summary = train_on_ray("pretrain", cfg.pretrain, cfg.model.spec(), cfg.seed, prepared=str(root / "prep"),
+                           out=str(root / "out" / "pretrain"), run_name="pretrain", storage_path=str(root / "runs"))
     return cfg, summary
 
 
 def test_pretrain_lowers_loss_and_keeps_frozen_parts(world, pretrained):
-    from components.models.trainable import set_trainable
-    from components.train.engine import fingerprint_tensors
+    from components.train.trainable import set_trainable
+    from components.train.zero import fingerprint_tensors
 
     root, _ = world
     cfg, summary = pretrained
@@ -75,22 +77,22 @@ def test_finetune_resumes_after_worker_failure_and_exports(world, pretrained, tm
     from mlflow.tracking import MlflowClient
     from transformers import LlavaForConditionalGeneration
 
-    from components.core.config import load_config
     from components.core.mlflow_target import MlflowTarget
     from components.models.assembly import load_llava
-    from components.train.stage import run_train
+    from components.train.stage import train_on_ray
+    from pipelines.config import load_config
 
     root, overrides = world
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("train-test"))
-    monkeypatch.setenv("LLAVA_FAULT_STEP", "3")  # rank 1 dies after step 3; the last checkpoint is step 2
-    monkeypatch.setenv("LLAVA_EXPORT_PROBE", "1")
+    monkeypatch.setenv(FAULT_ENV, "3")  # rank 1 dies after step 3; the last checkpoint is step 2
+    monkeypatch.setenv(PROBE_ENV, "1")
     cfg = load_config("tiny", overrides)
     out = root / "out" / "finetune"
-    summary = run_train(cfg, "finetune", prepared=str(root / "prep"), out=str(out), run_name="finetune",
-                           storage_path=str(root / "runs"),
+    summary = train_on_ray("finetune", cfg.finetune, cfg.model.spec(), cfg.seed, prepared=str(root / "prep"),
+                           out=str(out), run_name="finetune", storage_path=str(root / "runs"),
                            init_connector=str(root / "out" / "pretrain" / "connector.safetensors"),
                            mlflow=MlflowTarget(uri, run.info.run_id))
     print("finetune losses", [round(x, 3) for x in summary["losses"]], f"fit {summary['fit_wall_time_s']:.1f}s")
@@ -135,19 +137,19 @@ def test_lora_finetune_merges_into_a_loadable_model(world, pretrained, s3_server
     import s3fs
     from transformers import LlavaForConditionalGeneration
 
-    from components.core.config import load_config
     from components.models.assembly import load_llava
     from components.models.remote import localize
-    from components.train.stage import run_train
+    from components.train.stage import train_on_ray
+    from pipelines.config import load_config
 
     root, overrides = world
     s3 = s3fs.S3FileSystem()
     s3.mkdir("train-bucket")
-    monkeypatch.setenv("LLAVA_EXPORT_PROBE", "1")
+    monkeypatch.setenv(PROBE_ENV, "1")
     cfg = load_config("tiny", [*overrides, "finetune.lora={r: 8, alpha: 16, dropout: 0.05}",
                                "finetune.max_steps=3", "finetune.checkpoint_every=0"])
-    summary = run_train(cfg, "finetune", prepared=str(root / "prep"), out="s3://train-bucket/out/lora",
-                           run_name="lora", storage_path="s3://train-bucket/runs",
+    summary = train_on_ray("finetune", cfg.finetune, cfg.model.spec(), cfg.seed, prepared=str(root / "prep"),
+                           out="s3://train-bucket/out/lora", run_name="lora", storage_path="s3://train-bucket/runs",
                            init_connector=str(root / "out" / "pretrain" / "connector.safetensors"))
     print("lora losses", [round(x, 3) for x in summary["losses"]], f"fit {summary['fit_wall_time_s']:.1f}s")
     assert summary["lora"] is True and summary["steps"] == 3

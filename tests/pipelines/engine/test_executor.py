@@ -5,38 +5,41 @@ from pathlib import Path
 
 import pytest
 
-from components.core.config import load_config
 from components.core.fingerprint import explain, fingerprint, stage_inputs
+from components.core.stage_run import StageRun
+from pipelines.config import load_config
 from pipelines.engine.executor import MANIFEST, PipelineError, Stage, execute, make_plan
 
 CALLS: list[str] = []
 
 
 def body(name, fail=False):
-    def run(ctx):
+    def stage_body(*, lr: float, inputs: dict[str, str], run: StageRun) -> dict:
         CALLS.append(name)
         if fail:
             raise RuntimeError(f"{name} broke")
-        Path(ctx.out).mkdir(parents=True, exist_ok=True)
-        upstream = {k: json.loads((Path(v) / "value.json").read_text()) for k, v in ctx.inputs.items()}
-        (Path(ctx.out) / "value.json").write_text(json.dumps({"stage": name, "up": upstream}))
+        Path(run.out).mkdir(parents=True, exist_ok=True)
+        upstream = {k: json.loads((Path(v) / "value.json").read_text()) for k, v in inputs.items()}
+        (Path(run.out) / "value.json").write_text(json.dumps({"stage": name, "up": upstream, "lr": lr}))
         return {"n": len(upstream)}
-    return run
+    return stage_body
 
 
-def dag(fail=()):
+def dag(cfg, fail=()):
+    def args(lr):
+        return lambda up: {"lr": lr, "inputs": dict(up)}
     return [
-        Stage("a", (), ("pretrain.optim.lr",), body("a", "a" in fail)),
-        Stage("b", ("a",), ("finetune.optim.lr",), body("b", "b" in fail)),
-        Stage("e1", ("b",), (), body("e1"), group="e"),
-        Stage("e2", ("b",), (), body("e2"), group="e"),
+        Stage("a", (), body("a", "a" in fail), args(cfg.pretrain.optim.lr)),
+        Stage("b", ("a",), body("b", "b" in fail), args(cfg.finetune.optim.lr)),
+        Stage("e1", ("b",), body("e1"), args(0.0), group="e", concurrency=2),
+        Stage("e2", ("b",), body("e2"), args(0.0), group="e", concurrency=2),
     ]
 
 
 def run(cfg, root, **kw):
     CALLS.clear()
-    plan = make_plan(cfg, dag(kw.pop("fail", ())), str(root), **kw)
-    return plan, execute(cfg, plan, str(root), None, concurrency=2)
+    plan = make_plan(dag(cfg, kw.pop("fail", ())), str(root), **kw)
+    return plan, execute(plan, str(root), None)
 
 
 def test_cache_hits_and_reasons(tmp_path):
@@ -50,7 +53,7 @@ def test_cache_hits_and_reasons(tmp_path):
     assert sorted(CALLS) == ["b", "e1", "e2"]
     why = {p.stage.name: p.why for p in plan}
     assert why["a"] == [f"output {plan[0].fingerprint} exists"]
-    assert why["b"] == ["finetune.optim.lr changed (0.002 → 1e-05)"]
+    assert why["b"] == ["lr changed (0.002 → 1e-05)"]
     assert why["e1"] == ["upstream b changed"]
 
 
@@ -91,20 +94,20 @@ def test_fingerprint_covers_config_upstream_and_code():
 
 
 def attempt_dag(seen, fail_once=None):
-    def run(ctx):
-        seen.append((ctx.attempt, ctx.out, sorted(p.name for p in Path(ctx.out).iterdir())))
-        (Path(ctx.out) / "partial.txt").write_text(ctx.attempt)
+    def stage_body(*, lr: float, run: StageRun) -> dict:
+        seen.append((run.attempt, run.out, sorted(p.name for p in Path(run.out).iterdir())))
+        (Path(run.out) / "partial.txt").write_text(run.attempt)
         if fail_once is not None and not fail_once:
             fail_once.append(True)
             raise RuntimeError("interrupted")
-        (Path(ctx.out) / "value.json").write_text(json.dumps({"attempt": ctx.attempt}))
+        (Path(run.out) / "value.json").write_text(json.dumps({"attempt": run.attempt}))
         return {}
-    return [Stage("a", (), ("pretrain.optim.lr",), run)]
+    return [Stage("a", (), stage_body, lambda up: {"lr": 0.002})]
 
 
 def run_dag(stages, cfg, root, **kw):
-    plan = make_plan(cfg, stages, str(root), **kw)
-    return plan, execute(cfg, plan, str(root), None)
+    plan = make_plan(stages, str(root), **kw)
+    return plan, execute(plan, str(root), None)
 
 
 def test_force_runs_a_fresh_attempt_and_replaces_the_output(tmp_path):
@@ -153,19 +156,21 @@ def test_a_second_run_waits_for_the_first_and_takes_its_output(tmp_path, monkeyp
     monkeypatch.setattr(Lease, "try_acquire", try_acquire)
     cfg, calls, second = load_config("tiny"), [], {}
 
-    def body(ctx):
-        calls.append(ctx.attempt)
+    threads = []
+
+    def stage_body(*, run: StageRun) -> dict:
+        calls.append(run.attempt)
         if len(calls) == 1:
             thread = threading.Thread(target=lambda: second.update(run_dag(stages, cfg, tmp_path)[1]))
             thread.start()
             assert refused.wait(60)
-            body.thread = thread
-        Path(ctx.out, "value.json").write_text("{}")
+            threads.append(thread)
+        Path(run.out, "value.json").write_text("{}")
         return {"n": 1}
 
-    stages = [Stage("a", (), (), body)]
+    stages = [Stage("a", (), stage_body, lambda up: {})]
     _, first = run_dag(stages, cfg, tmp_path)
-    body.thread.join(60)
+    threads[0].join(60)
     assert len(calls) == 1 and first["a"]["status"] == "ran"
     assert second["a"]["status"] == "cached" and second["a"]["metrics"] == {"n": 1}
 
@@ -176,31 +181,33 @@ def test_force_synth_reruns_the_world(tmp_path):
 
     cfg = load_config("tiny", ["data.synth.size=micro"])
     for force in ([], ["synth"]):
-        plan = make_plan(cfg, build_stages(cfg), str(tmp_path), only=["synth"], force=force)
-        results = execute(cfg, plan, str(tmp_path), None)
+        plan = make_plan(build_stages(cfg), str(tmp_path), only=["synth"], force=force)
+        results = execute(plan, str(tmp_path), None)
         assert results["synth"]["status"] == "ran", results["synth"].get("error")
     out = Path(plan[0].out)
     assert (out / "manifest.json").is_file() and (out / MANIFEST).is_file()
 
 
-def test_a_stage_reads_only_what_it_declares(tmp_path):
-    """The body gets a view of its declared keys: an undeclared read fails the stage, naming key and stage."""
-    cfg = load_config("tiny")
+def test_a_stage_is_called_with_its_arguments_and_fingerprinted_on_them(tmp_path):
+    """What `args` builds is what the stage gets (upstream paths as plain strings) and what its fingerprint
+    covers: an upstream path by the upstream's name, never by where the storage root is."""
     seen = {}
 
-    def reads_declared(ctx):
-        seen["lr"] = ctx.cfg.pretrain.optim.lr
-        Path(ctx.out).mkdir(parents=True, exist_ok=True)
+    def produce(*, run: StageRun) -> dict:
+        Path(run.out).mkdir(parents=True, exist_ok=True)
         return {}
 
-    def reads_undeclared(ctx):
-        return {"seed": ctx.cfg.seed}
+    def consume(*, data: str, n: int, run: StageRun) -> dict:
+        seen.update(data=data, type=type(data), n=n)
+        return {}
 
-    stages = [Stage("a", (), ("pretrain.optim.lr",), reads_declared),
-              Stage("b", ("a",), ("finetune.optim.lr",), reads_undeclared)]
-    plan = make_plan(cfg, stages, str(tmp_path))
-    results = execute(cfg, plan, str(tmp_path))
-    assert results["a"]["status"] == "ran" and seen["lr"] == cfg.pretrain.optim.lr
-    assert results["b"]["status"] == "failed"
-    assert "UndeclaredConfigRead" in results["b"]["error"] and "`seed`" in results["b"]["error"]
-    assert "stage b" in results["b"]["error"]
+    stages = [Stage("a", (), produce, lambda up: {}),
+              Stage("b", ("a",), consume, lambda up: {"data": up["a"].join("x.json"), "n": 3})]
+    plan = make_plan(stages, str(tmp_path / "one"))
+    results = execute(plan, str(tmp_path / "one"))
+    assert results["b"]["status"] == "ran"
+    assert seen == {"data": str(tmp_path / "one" / "artifacts" / "a" / plan[0].fingerprint / "x.json"),
+                    "type": str, "n": 3}
+    assert plan[1].inputs["args"] == {"data": "<a/x.json>", "n": 3}
+    moved = make_plan(stages, str(tmp_path / "elsewhere"))
+    assert [p.fingerprint for p in moved] == [p.fingerprint for p in plan]

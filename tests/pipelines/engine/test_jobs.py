@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from components.core.config import CONFIG_DIR
+from components.core.paths import CONFIG_DIR
 from components.core.redact import redact
 from pipelines.engine.cli import build_parser, main
 from pipelines.engine.job_client import JobError, find_token

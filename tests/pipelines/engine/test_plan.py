@@ -9,49 +9,54 @@ from pathlib import Path
 
 import pytest
 
-from components.core.config import load_config
-from components.sweep.space import auto_keys
+from components.core.stage_run import StageRun
+from components.models.spec import ModelSpec, VisionConfig
+from pipelines.config import load_config
 from pipelines.engine.executor import MANIFEST, PipelineError, Stage
 from pipelines.engine.plan import PENDING, Pipeline, plan_pipeline, run_plan
-from pipelines.llava15 import LLAVA15, build_stages, resolve_from_sweep
+from pipelines.llava15 import LLAVA15, auto_keys, build_stages, resolve_from_sweep
 
 BEST = {"connector": "linear"}
 CALLS: list[tuple[str, str]] = []
 
 
-def sweep_body(ctx):
+def sweep_body(*, space: list[str], run: StageRun) -> dict:
     CALLS.append(("sweep", ""))
-    Path(ctx.out).mkdir(parents=True, exist_ok=True)
+    Path(run.out).mkdir(parents=True, exist_ok=True)
     best = {"connector": BEST["connector"], "resolution": {"image_size": 84, "name_or_path": None}}
-    (Path(ctx.out) / "best.json").write_text(json.dumps({"best": best}))
+    (Path(run.out) / "best.json").write_text(json.dumps({"best": best}))
     return {"trials": 6}
 
 
-def recorder(name, read=lambda cfg: cfg.model.connector):
-    def run(ctx):
-        CALLS.append((name, read(ctx.cfg)))
-        Path(ctx.out).mkdir(parents=True, exist_ok=True)
-        (Path(ctx.out) / "used.json").write_text(json.dumps({"connector": ctx.cfg.model.connector,
-                                                             "image_size": ctx.cfg.model.vision.image_size}))
+def recorder(name):
+    def stage_body(*, model: ModelSpec, run: StageRun) -> dict:
+        CALLS.append((name, model.connector))
+        Path(run.out).mkdir(parents=True, exist_ok=True)
+        (Path(run.out) / "used.json").write_text(json.dumps({"connector": model.connector,
+                                                             "image_size": model.vision.image_size}))
         return {}
-    return run
+    return stage_body
 
 
 SWEEP = sweep_body
 
 
-def prepare_body(ctx):
-    CALLS.append(("prepare", ctx.cfg.model.vision.image_size))
-    Path(ctx.out).mkdir(parents=True, exist_ok=True)
+def sweep(*, space: list[str], run: StageRun) -> dict:
+    return SWEEP(space=space, run=run)
+
+
+def prepare_body(*, vision: VisionConfig, run: StageRun) -> dict:
+    CALLS.append(("prepare", vision.image_size))
+    Path(run.out).mkdir(parents=True, exist_ok=True)
     return {}
 
 
-def dag(cfg=None):
+def dag(cfg):
     return [
-        Stage("prepare", (), ("model.vision",), prepare_body),
-        Stage("sweep", ("prepare",), ("sweep.space",), SWEEP),
-        Stage("train", ("prepare",), ("model",), recorder("train")),
-        Stage("evaluate", ("train",), ("model",), recorder("evaluate")),
+        Stage("prepare", (), prepare_body, lambda up: {"vision": cfg.model.vision}),
+        Stage("sweep", ("prepare",), sweep, lambda up: {"space": cfg.sweep.space.connector}),
+        Stage("train", ("prepare",), recorder("train"), lambda up: {"model": cfg.model.spec()}),
+        Stage("evaluate", ("train",), recorder("evaluate"), lambda up: {"model": cfg.model.spec()}),
     ]
 
 
@@ -136,7 +141,7 @@ def test_force_and_from_the_sweep_cover_the_stages_waiting_for_it(cfg, tmp_path)
 
 
 def test_failed_sweep_blocks_everything_waiting_for_it(cfg, tmp_path, monkeypatch):
-    def broken(ctx):
+    def broken(**kw):
         raise RuntimeError("no trial finished")
 
     monkeypatch.setitem(globals(), "SWEEP", broken)

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from components.core.config import load_config
-from components.train.engine import deepspeed_config
+from components.train.zero import deepspeed_config
+from pipelines.config import load_config
 
 BETA1 = 0.9
 TINY_NORM = 1e-3

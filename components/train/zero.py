@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from components.core.config import TrainStageConfig, deepspeed_config_path
+from .spec import TrainStageConfig, deepspeed_config_path
 
 
 def deepspeed_config(stage: TrainStageConfig, world: int, hidden_size: int) -> dict[str, Any]:

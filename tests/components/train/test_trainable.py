@@ -3,10 +3,10 @@ import torch
 from peft import PeftModel
 from transformers import LlavaForConditionalGeneration
 
-from components.core.config import LoraConfig, OptimConfig
 from components.models.assembly import build_model
 from components.models.connectors import connector_of, connector_spec_of
-from components.models.trainable import (
+from components.train.spec import LoraConfig, OptimConfig
+from components.train.trainable import (
     apply_lora,
     lora_target_modules,
     merge_lora,

@@ -1,11 +1,12 @@
-"""Tiny model configs for the model-assembly tests (the session `tokenizer` fixture is in tests/conftest.py)."""
+"""Tiny model configs and batches for the model and training tests (the session `tokenizer` fixture is in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from components.core.config import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
+from components.models.spec import LLMConfig, ModelConfig, RandomLLM, RandomVision, VisionConfig
 from components.models.tokenizer import image_token_id
 
 

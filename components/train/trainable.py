@@ -14,8 +14,9 @@ from peft import PeftModel, get_peft_model
 from torch import nn
 from transformers import LlavaForConditionalGeneration
 
-from components.core.config import LoraConfig, OptimConfig
 from components.models.connectors import connector_of, unwrap_llava
+
+from .spec import LoraConfig, OptimConfig
 
 Trainable = Literal["connector", "connector+llm"]
 PARTS = ("vision_tower", "connector", "language_model")

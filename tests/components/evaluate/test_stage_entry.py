@@ -26,9 +26,10 @@ def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "eval"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pools(ray_local):
-    """The stage starts (or reuses) the run's warm pool; stop it afterwards, as the end of a run does."""
+    """The stage starts (or reuses) the run's warm pool, as every job of a run does; stopped after this file's
+    jobs, as the end of a run does."""
     from components.evaluate.pool import close_warm_pools
 
     yield

@@ -212,9 +212,11 @@ def test_the_nodes_share_no_disk(ray_cluster):
 
 @pytest.mark.e2e
 def test_submit_wait_runs_the_pipeline_on_two_nodes(ray_cluster, mlflow_server, tmp_path, capsys, monkeypatch):
-    """`submit --wait` of the tiny pipeline, trained as the embedded default (the learning check), every
-    benchmark and export, to a cluster whose nodes share only the S3 storage root and the MLflow server.
-    A stage that handed a driver path to the worker fails here: its images would be missing there."""
+    """`submit --wait` of the tiny pipeline (every stage, every benchmark, export) to a cluster whose nodes share
+    only the S3 storage root and the MLflow server. A stage that handed a driver path to the worker fails here:
+    its images would be missing there. Training is cut to a few steps: what two nodes can break is where
+    things are read and written, not what a model learns (the learning check runs in CI's default run and in
+    tests/pipelines/test_pipeline_e2e.py)."""
     import s3fs
     from mlflow.tracking import MlflowClient
 
@@ -226,7 +228,8 @@ def test_submit_wait_runs_the_pipeline_on_two_nodes(ray_cluster, mlflow_server, 
     fs.mkdir(bucket)
     storage, experiment = f"s3://{bucket}/run", f"two-node-{tmp_path.name}"
     started = time.monotonic()
-    rc = main(["submit", "tiny", *_sets([f"storage={storage}", f"tracking.experiment={experiment}"]),
+    rc = main(["submit", "tiny", *_sets([f"storage={storage}", f"tracking.experiment={experiment}",
+                                         "pretrain.max_steps=4", "finetune.max_steps=8"]),
                "--address", ray_cluster.url, "--wait", "--poll", "2", "--timeout", "1800"])
     wall = time.monotonic() - started
     out = capsys.readouterr().out
@@ -251,8 +254,8 @@ def test_submit_wait_runs_the_pipeline_on_two_nodes(ray_cluster, mlflow_server, 
     assert {"synth", "prepare", "pretrain", "finetune", "export"} <= set(stages), sorted(stages)
     assert all(r.info.status == "FINISHED" for r in stages.values()), {k: r.info.status for k, r in stages.items()}
     gqa = stages["evaluate.gqa"].data.metrics
-    print(f"learning check: gqa {gqa['accuracy']} blank images {gqa['blank_images_accuracy']}")
-    assert gqa["accuracy"] >= 70.0 and gqa["blank_images_accuracy"] <= 35.0, gqa
+    assert {"accuracy", "blank_images_accuracy"} <= set(gqa), gqa  # scored, blank-image pass included
+    assert stages["finetune"].data.metrics["steps"] == 8
 
     # Every question was asked: a generation actor on the worker opened every image (a driver path would
     # leave them missing there, each rejected with a reason).

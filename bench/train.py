@@ -22,21 +22,8 @@ padding. Useful tokens are the samples' own tokens (no padding); MFU counts only
 formula (6·N_llm per trained-LLM token — 4·N when the LLM is frozen but gradients pass through it, as in
 pretraining —, its causal attention term, 2·N_vision per vision token) over a measured bf16 matmul peak.
 
-The length mixes (per sample: text tokens, supervised share, image or not). Source counts are exact (from
-../shared/reference/llava15.md §2.2-2.3); token lengths are a model, not read from the data (no copy of it
-here): log-normal per source, medians estimated from each source's format (Llama tokens, the Vicuna system
-prompt ~35 tokens and ~6 per turn of "USER:/ASSISTANT:" included), capped at 2048 - 576. Measure them on
-the real json when it is at hand and change the numbers here.
-- pretrain, LCS-558K (reference §2.2, preprocess_plain §3.3): BOS + image + a BLIP caption + "\\n", all
-  caption tokens supervised; captions median 14 tokens (σ 0.35), i.e. about 10 words.
-- finetune, llava_v1_5_mix665k (665,298 samples, composition per LLaVA issue #702; the VQA-style sources
-  hold several questions about one image per sample, as multi-turn conversations; turn counts estimated):
-  LLaVA-Instruct 157,712 (median 300 text tokens, σ 0.5, 55% supervised); ShareGPT 40,688 text-only
-  (median 900, σ 0.7, 65%); VQAv2 82,783 (about 5 questions: median 130, σ 0.4, 10%); GQA 72,140 (about 10:
-  median 260, σ 0.5, 10%); OKVQA 8,998 (median 60, σ 0.3, 10%); OCR-VQA 80,000 (about 5: median 140, σ 0.4,
-  15%); A-OKVQA 66,160 (median 90, σ 0.4, 5%); TextCaps 21,953 (median 60, σ 0.3, 40%); RefCOCO 48,447
-  (median 220, σ 0.5, 30%); VG 86,417 (median 260, σ 0.5, 30%).
-So about 6% of finetune samples are text-only and long, the rest 577 image tokens plus 50-700 text tokens.
+The length mixes (per sample: text tokens, supervised share, image or not) are LLaVA-1.5's, modelled in
+components/train/length_mix.py (shared with the resource plan's time estimates).
 
     bash bench/gpu_check.sh [--device cpu]                       # every case, one table (see that script)
     python -m bench.train --case anchor --json out.json          # one case; --device cpu --tiny: a dry run
@@ -59,6 +46,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from components.train.length_mix import sample_mix
 
 ANCHOR = {  # the anchor's model shape
     "vision": {"image_size": 336, "patch_size": 14, "hidden_size": 1024, "num_layers": 24, "num_heads": 16,
@@ -103,41 +92,6 @@ KINDS = [
 def kind_of(name: str) -> str:
     low = name.lower()
     return next((kind for kind, keys in KINDS if any(k in low for k in keys)), "other")
-
-
-@dataclass(frozen=True)
-class Source:
-    name: str
-    samples: int
-    median_text: float  # text tokens (all turns, template included)
-    sigma: float  # of log(text tokens)
-    supervised: float  # share of the text tokens that are answers
-    image: bool = True
-
-
-MIX = {
-    "pretrain": [Source("LCS-558K captions", 558_128, 14, 0.35, 1.0)],
-    "finetune": [
-        Source("LLaVA-Instruct", 157_712, 300, 0.5, 0.55), Source("ShareGPT", 40_688, 900, 0.7, 0.65, image=False),
-        Source("VQAv2", 82_783, 130, 0.4, 0.10), Source("GQA", 72_140, 260, 0.5, 0.10),
-        Source("OKVQA", 8_998, 60, 0.3, 0.10), Source("OCR-VQA", 80_000, 140, 0.4, 0.15),
-        Source("A-OKVQA", 66_160, 90, 0.4, 0.05), Source("TextCaps", 21_953, 60, 0.3, 0.40),
-        Source("RefCOCO", 48_447, 220, 0.5, 0.30), Source("VG", 86_417, 260, 0.5, 0.30),
-    ],
-}
-
-
-def sample_mix(stage: str, n: int, rng: np.random.Generator, *, max_text: int) -> list[tuple[int, int, bool]]:
-    """n samples of `stage`'s mix: (text tokens, supervised tokens, has image)."""
-    sources = MIX[stage]
-    weights = np.array([s.samples for s in sources], float)
-    picks = rng.choice(len(sources), size=n, p=weights / weights.sum())
-    out = []
-    for k in picks:
-        s = sources[k]
-        text = int(np.clip(round(s.median_text * np.exp(s.sigma * rng.standard_normal())), 4, max_text))
-        out.append((text, max(1, round(text * s.supervised)), s.image))
-    return out
 
 
 def grouped_batches(samples: list[tuple[int, int, bool]], batch: int, count: int, seed: int) -> list[list[int]]:

@@ -24,6 +24,7 @@ from components.core.config import ConfigError, validate
 from components.core.fingerprint import OutputPath
 from components.evaluate.spec import Replicas
 from components.evaluate.stage import run_evaluate
+from components.export.spec import ExportResources
 from components.export.stage import run_export
 from components.models.spec import AUTO, ModelConfig, VisionConfig
 from components.prepare.spec import DatasetSpec, DataSource
@@ -148,7 +149,8 @@ def export_args(cfg: PipelineConfig, up: Outputs) -> dict[str, Any]:
             "benchmark_folders": {b: eval_folder(cfg, b, up) for b in evaluated},
             "template": cfg.evaluate.template, "parity_sample": ex.parity_sample,
             "allow_custom_connector": ex.allow_custom_connector,
-            "registered_name": ex.registered_model_name or cfg.name, "pipeline": cfg.name}
+            "registered_name": ex.registered_model_name or cfg.name, "pipeline": cfg.name,
+            "resources": ExportResources(use_gpu=ex.use_gpu, cpus=ex.cpus)}
 
 
 # ---------------------------------------------------------------- the DAG

@@ -9,16 +9,15 @@ template. Everything loads with `AutoProcessor` / `LlavaForConditionalGeneration
 from __future__ import annotations
 
 import copy
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
-from components.core.templates import TemplateName
-from components.export.chat_template import chat_template
+from components.core import storage
 from components.models.connectors import HF_NATIVE, is_hf_native
 from components.models.processor import build_processor
-from components.models.remote import localize
 
 GREEDY_MAX_NEW_TOKENS = 128  # model_vqa_loader's default (reference §5.1)
 CUSTOM_LOADER = "components.models.assembly.load_llava"
@@ -28,10 +27,20 @@ class ExportError(ValueError):
     """The model cannot be exported as asked; the message names the config key to change."""
 
 
+def _saved_config(model_dir: str) -> Any:
+    if not storage.is_remote(model_dir):
+        # A local folder, or a Hub name (its config.json alone is fetched).
+        return AutoConfig.from_pretrained(model_dir.removeprefix("file://"))
+    with tempfile.TemporaryDirectory(prefix="llava-config-") as tmp:
+        Path(tmp, "config.json").write_bytes(storage.read_bytes(storage.join(model_dir, "config.json")))
+        return AutoConfig.from_pretrained(tmp)
+
+
 def saved_connector_spec(model_dir: str) -> str:
-    """The connector recorded in a saved model's config (mm_projector_type), without loading weights."""
+    """The connector recorded in a saved model's config (mm_projector_type), from its config.json alone: the
+    export's driver reads no weights, and copies no remote folder to its node."""
     try:
-        config = AutoConfig.from_pretrained(localize(model_dir))
+        config = _saved_config(model_dir)
     except (OSError, ValueError) as e:
         raise ExportError(f"{model_dir}: not a saved transformers model folder ({e})") from None
     if config.model_type != "llava":
@@ -124,17 +133,18 @@ def write_model_dir(
     tokenizer: PreTrainedTokenizerBase,
     out_dir: str | Path,
     *,
-    template: TemplateName,
+    chat_template: str,
     card: str,
 ) -> list[str]:
-    """Save weights, configs, tokenizer, processor and README into local `out_dir`; returns file names."""
+    """Save weights, configs, tokenizer, processor (with the Jinja `chat_template`, see chat_template.py) and
+    README into local `out_dir`; returns file names."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = copy.deepcopy(tokenizer)  # the caller's tokenizer keeps its training padding side
     tok.padding_side = "left"  # batched generation needs every prompt to end in the last column
     tok.init_kwargs["padding_side"] = "left"  # save_pretrained writes init_kwargs, not the attribute
     try:  # pad: what training did to the images (finetune image_mode) and what evaluation does
-        processor = build_processor(model, tok, "pad", chat_template(template))
+        processor = build_processor(model, tok, "pad", chat_template)
     except ValueError as e:
         raise ExportError(f"export: {e}") from None
     model.generation_config = greedy_generation_config(model, tok)

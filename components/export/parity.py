@@ -4,7 +4,7 @@ Ours: `Generator.from_dir(model_dir)` (load_llava + tokenize_prompt + pixel_valu
 the evaluate stage runs. Theirs: the exported folder through plain transformers (`AutoProcessor` with the
 PIL backend, `processor.apply_chat_template(..., tokenize=True)`, `LlavaForConditionalGeneration
 .from_pretrained`, `generate` with the exported greedy generation config). Both decode at batch size 1 on
-the same device and dtype, one model in memory at a time.
+the same device and dtype (bf16 on a GPU, fp32 on a CPU), one model in memory at a time.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from components.core.images import pixel_values
 from components.core.templates import TemplateName, generation_segments, render_text
-from components.evaluate.generate import Generator, GenItem, resolve_device, resolve_dtype
+from components.evaluate.generate import Generator, GenItem, resolve_device
 from components.export.package import CUSTOM_LOADER
 from components.export.samples import ParityItem
 from components.models.assembly import load_llava
@@ -144,7 +144,9 @@ def run_parity(
 ) -> dict[str, Any]:
     """The parity report for `items` (JSON-ready; `ok` False when any item differs)."""
     device = resolve_device(device)
-    dtype = resolve_dtype("auto", device)  # fp16 on CUDA as the reference evaluates, fp32 on CPU
+    # bf16 on a GPU: the dtype the 7B/13B recipes train and save in (fp16 could overflow where bf16 does not);
+    # fp32 on a CPU, which has no fast half kernels. Both sides get the same, so their answers compare.
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     kwargs: dict[str, Any] = {"device": device, "dtype": dtype, "max_new_tokens": max_new_tokens}
     ours = our_side(model_dir, items, template=template, **kwargs) if items else []
     theirs = transformers_side(export_dir, items, custom_connector=custom_connector, **kwargs) if items else []

@@ -23,6 +23,7 @@ from transformers import (
     LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -30,7 +31,7 @@ from transformers.utils import logging as hf_logging
 
 from components.models.connectors import HF_NATIVE, connector_of, is_hf_native, set_connector
 from components.models.remote import localize
-from components.models.spec import AUTO, ModelSpec, VisionConfig
+from components.models.spec import AUTO, ModelSpec, RandomLLM, VisionConfig
 from components.models.tokenizer import image_token_id
 
 # LLaVA's feature_select names → transformers' vision_feature_select_strategy.
@@ -46,8 +47,9 @@ def _checkpoint_vision_config(name_or_path: str) -> CLIPVisionConfig:
         raise ValueError(f"model.vision.name_or_path={name_or_path!r}: cannot read a CLIP config: {e}") from None
 
 
-def _vision_config(v: VisionConfig) -> CLIPVisionConfig:
-    """The vision tower's config, with the resolution actually fed to it."""
+def vision_config(v: VisionConfig, checkpoint: CLIPVisionConfig | None = None) -> CLIPVisionConfig:
+    """The vision tower's config, with the resolution actually fed to it. `checkpoint`: the named checkpoint's
+    own config when the caller already has it (sizing without weights); else it is read from the checkpoint."""
     if v.image_size == AUTO:
         raise ValueError("model.vision.image_size is 'auto': the sweep must resolve it to a size before build")
     if v.random_init is not None:
@@ -61,7 +63,7 @@ def _vision_config(v: VisionConfig) -> CLIPVisionConfig:
             intermediate_size=r.intermediate_size,
         )
     else:
-        base = CLIPVisionConfig.from_dict(_checkpoint_vision_config(v.name_or_path).to_dict())
+        base = CLIPVisionConfig.from_dict((checkpoint or _checkpoint_vision_config(v.name_or_path)).to_dict())
     if v.image_size is not None:
         base.image_size = v.image_size
     if base.image_size % base.patch_size:
@@ -79,12 +81,13 @@ def _vision_config(v: VisionConfig) -> CLIPVisionConfig:
 
 def vision_image_size(vision: VisionConfig) -> int:
     """Resolution (pixels per side) fed to the vision tower: the override, else the checkpoint's/random_init's."""
-    return int(_vision_config(vision).image_size)
+    return int(vision_config(vision).image_size)
 
 
-def num_image_tokens(vision: VisionConfig) -> int:
-    """Image positions per image in the LLM sequence: (image_size / patch)², plus one with cls_patch."""
-    vc = _vision_config(vision)
+def num_image_tokens(vision: VisionConfig, resolved: CLIPVisionConfig | None = None) -> int:
+    """Image positions per image in the LLM sequence: (image_size / patch)², plus one with cls_patch.
+    `resolved`: the tower's `vision_config`, when the caller has it."""
+    vc = resolved or vision_config(vision)
     n = (vc.image_size // vc.patch_size) ** 2
     return n + 1 if vision.feature_select == "cls_patch" else n
 
@@ -130,22 +133,42 @@ def _vision_tower(vision: VisionConfig, vc: CLIPVisionConfig, dtype: torch.dtype
     return tower
 
 
+def random_llm_config(r: RandomLLM, vocab_size: int, *, bos: int | None = None, eos: int | None = None,
+                      pad: int | None = None) -> LlamaConfig:
+    """The Llama config of a `random_init` LLM over a tokenizer of `vocab_size` entries."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=r.hidden_size,
+        num_hidden_layers=r.num_layers,
+        num_attention_heads=r.num_heads,
+        num_key_value_heads=r.num_kv_heads or r.num_heads,
+        intermediate_size=r.intermediate_size,
+        max_position_embeddings=r.max_position_embeddings,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+
+
+def llava_config(cfg: ModelSpec, vision: CLIPVisionConfig, text: PretrainedConfig, image_token_index: int
+                 ) -> LlavaConfig:
+    """The LlavaConfig of the skeleton `build_model` fills (and sizing builds on the meta device)."""
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_index,
+        image_seq_length=num_image_tokens(cfg.vision, vision),
+        vision_feature_layer=cfg.vision.feature_layer,
+        vision_feature_select_strategy=SELECT_STRATEGY[cfg.vision.feature_select],
+        projector_hidden_act="gelu",
+        multimodal_projector_bias=True,
+    )
+
+
 def _language_model(cfg: ModelSpec, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> PreTrainedModel:
     if cfg.llm.random_init is not None:
-        r = cfg.llm.random_init
-        tc = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=r.hidden_size,
-            num_hidden_layers=r.num_layers,
-            num_attention_heads=r.num_heads,
-            num_key_value_heads=r.num_kv_heads or r.num_heads,
-            intermediate_size=r.intermediate_size,
-            max_position_embeddings=r.max_position_embeddings,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        return LlamaForCausalLM(tc)
+        return LlamaForCausalLM(random_llm_config(cfg.llm.random_init, len(tokenizer), bos=tokenizer.bos_token_id,
+                                                  eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id))
     name = cfg.llm.name_or_path
     try:
         return AutoModelForCausalLM.from_pretrained(localize(name), dtype=dtype)
@@ -163,7 +186,7 @@ def build_model(
     """
     if cfg.connector == AUTO:
         raise ValueError("model.connector is 'auto': the sweep must resolve it to a concrete spec before build")
-    vc = _vision_config(cfg.vision)
+    vc = vision_config(cfg.vision)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tower = _vision_tower(cfg.vision, vc, dtype)
@@ -172,16 +195,7 @@ def build_model(
         if not isinstance(lm_head, nn.Linear):
             raise ValueError(f"model.llm: {type(llm).__name__} has no linear output head")
 
-        llava_cfg = LlavaConfig(
-            vision_config=tower.config,
-            text_config=llm.config,
-            image_token_index=image_token_id(tokenizer),
-            image_seq_length=num_image_tokens(cfg.vision),
-            vision_feature_layer=cfg.vision.feature_layer,
-            vision_feature_select_strategy=SELECT_STRATEGY[cfg.vision.feature_select],
-            projector_hidden_act="gelu",
-            multimodal_projector_bias=True,
-        )
+        llava_cfg = llava_config(cfg, tower.config, llm.config, image_token_id(tokenizer))
         with torch.device("meta"):
             model = LlavaForConditionalGeneration(llava_cfg)
         model.model.vision_tower = tower

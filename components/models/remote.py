@@ -4,20 +4,25 @@ A checkpoint for `from_pretrained`, a benchmark folder's question and annotation
 calls `localize` on its own node (a cluster's nodes share no disk, only the storage root), never a path
 another node prepared. HF hub names and local paths pass through untouched (the hub has its own cache). A
 remote folder is cached under a key built from its URL and its files' sizes and ETags, so a changed folder
-is fetched again. Single data files (images) are read where they are, through components.core.datafiles.
+is fetched again. Many processes on one node (evaluation actors, one per GPU) fetch a folder once: the first
+to take the key's node lock downloads, the others wait and reuse its copy. Single data files (images) are read
+where they are, through components.core.datafiles.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
+from components.core.node_lock import node_lock
 from components.core.storage import filesystem, is_remote
 
 CACHE_ENV = "LLAVA_PIPELINE_CACHE"
+log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -39,8 +44,8 @@ def localize(name_or_path: str, exclude: tuple[str, ...] = ()) -> str:
     """A local folder (in this node's cache) for a remote folder URL; anything else is returned as given.
 
     `exclude`: subfolders (relative) left out of the copy, e.g. a benchmark's image folder, which readers
-    open file by file from the URL instead. Copies into a temporary sibling and renames, so concurrent
-    workers on one node never see a half copy.
+    open file by file from the URL instead. One process per node downloads (the others wait on the key's
+    lock), into a temporary sibling renamed when whole: a copy cut short by a crash is never taken for the folder.
     """
     if not is_remote(name_or_path):
         return name_or_path.removeprefix("file://")
@@ -62,23 +67,25 @@ def localize(name_or_path: str, exclude: tuple[str, ...] = ()) -> str:
         info = files[path]
         tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
         digest.update(f"\0{path}\0{info.get('size')}\0{tag}".encode())
-    target = cache_root() / "remote" / digest.hexdigest()[:24]
+    key = digest.hexdigest()[:24]
+    target = cache_root() / "remote" / key
     if target.is_dir():
         return str(target)
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
-    try:
-        for path in files:
-            dest = _inside(staging, path[len(prefix) :] if path.startswith(prefix) else Path(path).name,
-                           f"{name_or_path}: key {path!r}")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(path, str(dest))
+    with node_lock(target.parent / f".{key}.lock"):
+        if target.is_dir():  # fetched by another process of this node while this one waited
+            return str(target)
+        for stale in target.parent.glob(f".partial-{key}-*"):  # a crashed fetch's leftovers (it held the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        size = sum(int(info.get("size") or 0) for info in files.values())
+        log.info("fetching %s: %d files, %.1f MB, into %s", name_or_path, len(files), size / 1e6, target)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".partial-{key}-"))
         try:
+            for path in files:
+                dest = _inside(staging, path[len(prefix) :] if path.startswith(prefix) else Path(path).name,
+                               f"{name_or_path}: key {path!r}")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(path, str(dest))
             staging.rename(target)
-        except OSError:
-            if not target.is_dir():  # lost a race only if the winner's copy is there
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return str(target)

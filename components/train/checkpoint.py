@@ -3,11 +3,12 @@
 Our own files hold no pickles (RNG as safetensors, meta as JSON). DeepSpeed's checkpoint loader does unpickle
 its own files, so the checkpoint storage must be writable only by the pipeline (see cluster/README.md).
 
-Every rank writes its own ZeRO shard and RNG file into a scratch folder, rank 0 adds meta.json (step, data
-position, losses so far), and every rank hands it to the runtime (`runtime.py`: Ray Train merges the folders
-into one checkpoint in run storage; without Ray each rank writes into the step's folder). Frozen parameters are
-left out (they are rebuilt from the model config on resume), so a pretraining checkpoint holds the connector
-and its optimizer state, not the LLM.
+Every rank writes its own ZeRO shard and RNG file into a scratch folder on its node, rank 0 adds meta.json
+(step, data position, losses so far), and every rank hands it to the runtime (`runtime.py`: Ray Train merges the
+folders into one checkpoint in run storage; without Ray each rank writes into the step's folder); the scratch
+folder is removed once the runtime has committed it. A resume fetches only the rank's own shards and the shared
+files (shards.py). Frozen parameters are left out (they are rebuilt from the model config on resume), so a
+pretraining checkpoint holds the connector and its optimizer state, not the LLM.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+
+from .shards import rank_files
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -54,7 +57,8 @@ def load_rng_state(path: Path) -> None:
 
 
 def save(engine: Any, meta: dict[str, Any], metrics: dict[str, float], rt: Runtime) -> None:
-    """Collective: every rank must call it at the same step."""
+    """Collective: every rank must call it at the same step. The local copy is gone when it returns: `rt.save`
+    returns once the files are in run storage (Ray Train's report uploads synchronously)."""
     with tempfile.TemporaryDirectory(prefix="llava-ckpt-") as tmp:
         tag = f"step_{meta['step']}"
         engine.save_checkpoint(tmp, tag=tag, exclude_frozen_parameters=True)
@@ -69,8 +73,11 @@ def restore(engine: Any, rt: Runtime, stage: str) -> dict[str, Any] | None:
     """Load the run's latest checkpoint into the engine (module, optimizer, schedule, RNG); its meta, or None.
 
     A checkpoint of another stage (the sweep trains pretrain then finetune in one run) is not resumed from.
+    Collective. Each rank fetches only the files it loads, unless the DeepSpeed config asks for ZeRO-2's
+    `elastic_checkpoint` (then every rank reads every rank's optimizer files).
     """
-    with rt.latest_checkpoint() as folder:
+    wanted = None if engine.zero_elastic_checkpoint() else rank_files(rt.rank)
+    with rt.latest_checkpoint(wanted) as folder:
         if folder is None:
             return None
         meta = json.loads((Path(folder) / META).read_text())

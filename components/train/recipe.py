@@ -20,6 +20,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -119,10 +120,11 @@ def plan(
                      stop_at=stop_at_step or steps, stream=stream, mlflow=mlflow)
 
 
-def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
+def train(job: TrainPlan, rt: Runtime, clock: Callable[[], float] = time.monotonic) -> dict[str, Any] | None:
     """Run the plan on this rank; rank 0 returns the summary (also written to `out`/summary.json).
 
-    Returns None on other ranks; raises StopRequested on every rank when the runtime says stop.
+    Returns None on other ranks; raises StopRequested on every rank when the runtime says stop. `clock`
+    (seconds) times `checkpoint_every_minutes`; only rank 0's is read for it (tests pass a fake one).
     """
     import deepspeed
     from torch.optim.lr_scheduler import LambdaLR
@@ -183,12 +185,18 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
     history: dict[str, Any] = meta or {"losses": [], "samples": 0, "tokens": 0, "restarts": -1,
                                        "resumed_from": []}
     history["restarts"] += 1
+    fetched: list[int] | None = None  # bytes each rank copied from storage to resume (0: read in place)
     if meta:
         history["resumed_from"].append(start)
+        per_rank = torch.zeros(world, dtype=torch.int64, device=engine.device)
+        per_rank[rank] = rt.fetched_bytes
+        dist.all_reduce(per_rank)
+        fetched = per_rank.tolist()
     if rank == 0:
         print(f"[{name}] setup {time.time() - attempt_start:.1f}s; global batch {stage.global_batch} = {batch} per "
               f"device × {accum} accumulation × {world} workers; {total} steps over {job.num_rows} samples; "
-              + (f"resumed at step {start}" if meta else "fresh start")
+              + (f"resumed at step {start} (fetched per rank: {', '.join(f'{b / 1e6:.1f}' for b in fetched)} MB)"
+                 if fetched is not None else "fresh start")
               + ("; language model compiled (the first steps compile)" if stage.compile_llm else ""), flush=True)
         if meta:
             _track(job.mlflow, {f"{name}/resumed_from_step": start}, start,
@@ -217,11 +225,13 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
     # ---- train: one optimizer step = `accum` micro-batches on every rank
     engine.train()
     inputs, train_start = None, time.time()
+    save_every_s, last_save = stage.checkpoint_every_minutes * 60, clock()
     for step in range(start, end):
         t0 = time.perf_counter()
         lr = engine.get_lr()[0]  # the lr this step's update uses
-        # loss sum, tokens, samples, images, stop requested (rank 0 asks the runtime; the sum tells every rank)
-        totals = torch.zeros(5, dtype=torch.float64, device=engine.device)
+        # loss sum, tokens, samples, images, stop requested, checkpoint due: rank 0 decides the last two for
+        # every rank (its runtime and its clock; ranks' clocks differ and a save is collective), the sum tells all
+        totals = torch.zeros(6, dtype=torch.float64, device=engine.device)
         for _ in range(accum):
             rows = next(batches)
             images = rows.column("image").to_pylist()
@@ -238,9 +248,10 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
             totals[2] += len(images)
             totals[3] += sum(1 for img in images if img)
         totals[4] = float(rank == 0 and rt.should_stop())
+        totals[5] = float(rank == 0 and save_every_s > 0 and clock() - last_save >= save_every_s)
         dist.all_reduce(totals)
         seconds = time.perf_counter() - t0
-        loss_mean, tokens, samples, n_images, stop = totals.tolist()
+        loss_mean, tokens, samples, n_images, stop, due = totals.tolist()
         if stop:  # the sweep's scheduler stopped this trial: every rank leaves together, writing nothing
             raise StopRequested(f"{name}: told to stop at step {step + 1}")
         loss_mean /= accum * world
@@ -268,10 +279,18 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
             print(f"[{name}] {FAULT_ENV}={fault_step}: rank {rank} exits after step {done} (checkpoint "
                   f"registered: {registered})", flush=True)
             os._exit(1)
-        if (stage.checkpoint_every and done % stage.checkpoint_every == 0) or done == end:
+        every = bool(stage.checkpoint_every) and done % stage.checkpoint_every == 0
+        if due or every or done == end:
             state = {**history, "stage": name, "step": done, "world_size": world, "position": done * stage.global_batch,
                      "epoch": done * stage.global_batch / job.num_rows}
+            t_save = time.perf_counter()
             save(engine, state, {"step": done, **{k: v for k, v in metrics.items() if v is not None}}, rt)
+            if rank == 0:
+                why = "end" if done == end else f"every {stage.checkpoint_every} steps" if every else (
+                    f"{stage.checkpoint_every_minutes:g} minutes since the last")
+                print(f"[{name}] checkpoint at step {done} ({why}) saved in {time.perf_counter() - t_save:.1f}s",
+                      flush=True)
+            last_save = clock()  # the next one counts from here: a slow save never makes every step save
 
     # ---- outputs (collectives first, then rank 0 writes)
     if os.environ.get(PROBE_ENV) and inputs is not None:
@@ -294,6 +313,7 @@ def train(job: TrainPlan, rt: Runtime) -> dict[str, Any] | None:
         "final_loss_mean": float(np.mean(losses[-k:])) if losses else None, "losses": losses,
         "wall_s": time.time() - attempt_start, "resumed": bool(history["resumed_from"]),
         "resumed_from_step": history["resumed_from"][-1] if history["resumed_from"] else None,
+        "resume_fetched_bytes": fetched,
         "restarts": history["restarts"], "trainable": counts, "frozen_sha256": frozen,
         "init_connector": job.init_connector, "lora": stage.lora is not None,
         "zero_stage": engine.zero_optimization_stage(), "precision": stage.precision,

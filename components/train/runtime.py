@@ -1,12 +1,14 @@
 """Where the recipe runs: rank, world size, checkpoints, metric reports and the per-rank batch stream.
 
 Two implementations of one small interface:
-- `RayRuntime`: inside a Ray Train worker. Checkpoints go through `ray.train.report` / `get_checkpoint` (Ray
-  merges the ranks' folders and keeps the run's snapshot), batches come from a Ray Data pipeline over the
-  rows the driver put in the object store, and a report without a checkpoint reaches Ray Tune (the sweep).
+- `RayRuntime`: inside a Ray Train worker. Checkpoints go through `ray.train.report` / `get_checkpoint` (each
+  worker uploads its own files from its node, Ray merges them into one folder and keeps the run's snapshot),
+  batches come from a Ray Data pipeline over the rows the driver put in the object store, and a report without
+  a checkpoint reaches Ray Tune (the sweep).
 - `LocalRuntime`: under `torchrun` or as one plain process, no Ray. Checkpoints are folders
   `{run_dir}/checkpoint_{step:06d}` (local or s3://) that every rank writes into, committed by rank 0's
   marker file; batches are read from the prepared Parquet with pyarrow and shaped in a background thread.
+A resume from remote storage fetches on each node only the files its ranks read (shards.py).
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ import contextlib
 import os
 import posixpath
 import socket
-import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, Protocol
 
@@ -31,6 +32,7 @@ from components.core import storage
 
 from .data import ROW_COLUMNS, read_shards, worker_batches
 from .pixels import PixelLoader
+from .shards import fetched
 
 Mode = Literal["pad", "square"]
 
@@ -42,9 +44,13 @@ class StopRequested(Exception):
 class Runtime(Protocol):
     rank: int
     world: int
+    fetched_bytes: int  # bytes this rank copied from storage for its last `latest_checkpoint`
 
-    def latest_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
-        """A local folder holding the run's newest checkpoint (None: a fresh run)."""
+    def latest_checkpoint(
+        self, wanted: Callable[[str], bool] | None = None
+    ) -> contextlib.AbstractContextManager[str | None]:
+        """Collective: a local folder holding the run's newest checkpoint (None: a fresh run), with at least the
+        files `wanted` accepts (paths relative to the checkpoint; None: all of them)."""
 
     def save(self, folder: str, metrics: dict[str, Any]) -> None:
         """Collective: commit this rank's files in `folder` as the run's newest checkpoint, with metrics."""
@@ -70,19 +76,34 @@ class RayRuntime:
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.local_rank = ctx.get_local_rank()
         self.table_ref = table_ref
         self.stop_file = stop_file
         self._checked = 0.0
+        self.fetched_bytes = 0
 
     @contextlib.contextmanager
-    def latest_checkpoint(self) -> Iterator[str | None]:
+    def latest_checkpoint(self, wanted: Callable[[str], bool] | None = None) -> Iterator[str | None]:
+        import pyarrow.fs as pafs
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             yield None
             return
-        with checkpoint.as_directory() as folder:
+        fs, root = checkpoint.filesystem, checkpoint.path.rstrip("/")
+        if isinstance(fs, pafs.LocalFileSystem):  # read in place (Checkpoint.as_directory does the same)
+            yield root
+            return
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        listing = {posixpath.relpath(i.path, root): i.size for i in infos if i.type == pafs.FileType.File}
+
+        def copy(rel: str, local: str) -> None:
+            pafs.copy_files(posixpath.join(root, rel), local, source_filesystem=fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+
+        with fetched(f"{fs.type_name}://{root}", listing, wanted, copy, self.local_rank) as (folder, n):
+            self.fetched_bytes = n
             yield folder
 
     def save(self, folder: str, metrics: dict[str, Any]) -> None:
@@ -153,8 +174,10 @@ class LocalRuntime:
                 torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
             dist.init_process_group("nccl" if use_gpu else "gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.prepared, self.stage, self.run_dir = prepared, stage, run_dir
         self._table: pa.Table | None = None
+        self.fetched_bytes = 0
 
     def _committed(self) -> list[str]:
         fs, inner = storage.filesystem(self.run_dir)
@@ -164,17 +187,22 @@ class LocalRuntime:
         return [p for p in folders if fs.exists(posixpath.join(p, "COMMITTED"))]
 
     @contextlib.contextmanager
-    def latest_checkpoint(self) -> Iterator[str | None]:
+    def latest_checkpoint(self, wanted: Callable[[str], bool] | None = None) -> Iterator[str | None]:
         committed = self._committed()
         if not committed:
             yield None
-        elif not storage.is_remote(self.run_dir):
+            return
+        if not storage.is_remote(self.run_dir):
             yield committed[-1]
-        else:
-            fs, _ = storage.filesystem(self.run_dir)
-            with tempfile.TemporaryDirectory(prefix="llava-restore-") as tmp:
-                fs.get(committed[-1].rstrip("/") + "/", tmp + "/", recursive=True)
-                yield tmp
+            return
+        fs, _ = storage.filesystem(self.run_dir)
+        root = committed[-1].rstrip("/")
+        listing = {posixpath.relpath(path, root): int(info.get("size") or 0)
+                   for path, info in fs.find(root, detail=True).items() if info.get("type", "file") == "file"}
+        with fetched(storage.join(self.run_dir, posixpath.basename(root)), listing, wanted,
+                     lambda rel, local: fs.get_file(posixpath.join(root, rel), local), self.local_rank) as (folder, n):
+            self.fetched_bytes = n
+            yield folder
 
     def save(self, folder: str, metrics: dict[str, Any]) -> None:
         dest = storage.join(self.run_dir, f"checkpoint_{int(metrics['step']):06d}")  # same step on every rank

@@ -75,9 +75,12 @@ class TrainStageConfig(Strict):
     optim: OptimConfig
     schedule: ScheduleConfig = ScheduleConfig()
     lora: LoraConfig | None = None
-    # Scheduling, all three: when state is saved, how much of it is kept, how often a failed worker group is
+    # Scheduling, all four: when state is saved, how much of it is kept, how often a failed worker group is
     # restarted; a resumed run continues exactly where the saved one stopped.
     checkpoint_every: Annotated[int, SCHEDULING] = Field(0, ge=0)  # optimizer steps; 0 = only at the end
+    # Also save once this many minutes passed since the last save (0 = off): bounds the work a failure costs
+    # whatever the hardware's speed (the paper configs: 30).
+    checkpoint_every_minutes: Annotated[float, SCHEDULING] = Field(0.0, ge=0)
     keep_checkpoints: Annotated[int, SCHEDULING] = Field(0, ge=0)  # Ray Train checkpoints kept after commit
     max_failures: Annotated[int, SCHEDULING] = 1
     seed: int = 42

@@ -63,9 +63,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    if args.resources:
+        return cmd_resources(args)
+    if args.cluster or args.gpu:
+        raise ValueError("--cluster and --gpu go with --resources")
     from pipelines.engine.run_cmd import run_pipeline
 
     return run_pipeline(_config(args), only=[], from_=[], force=args.force, dry_run=True, as_json=args.json)
+
+
+def cmd_resources(args: argparse.Namespace) -> int:
+    """The resource plan: printed whole (data inputs may be missing); exit 1 when a stage does not fit."""
+    from pipelines.engine.resources_cmd import format_resources, plan_resources, resources_json
+
+    placement = plan_resources(_config(args), args.cluster, args.gpu)
+    print(json.dumps(resources_json(placement), indent=1) if args.json else format_resources(placement))
+    if placement.errors:
+        print("llava-pipeline plan: error: the run does not fit its cluster:\n  " + "\n  ".join(placement.errors),
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -92,6 +109,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from pipelines.engine.jobs import submit
+
+    if args.cluster:  # the cluster is remote: checked against its manifest when given, else not at all
+        from pipelines.engine.resources_cmd import check_fits
+
+        check_fits(_config(args), args.cluster)
 
     return submit(args.config, args.set, address=args.address, wait=args.wait, only=args.only, from_=args.from_,
                   force=args.force, poll_s=args.poll, timeout_s=args.timeout)
@@ -121,6 +143,12 @@ def _add_address_arg(p: argparse.ArgumentParser) -> None:
                    help="Ray dashboard URL (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, else http://127.0.0.1:8265)")
 
 
+def _add_cluster_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", default=None, metavar="MANIFEST",
+                   help="a KubeRay RayJob/RayCluster manifest, a Ray cluster launcher YAML or a machine of "
+                        "pipelines/engine/machines.yaml (default: this machine; submit: no check without it)")
+
+
 def _add_config_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
     if positional:
         p.add_argument("config", nargs="?", default="tiny", help="config name in configs/ or a YAML path")
@@ -148,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, positional=True)
     p.add_argument("--force", action="append", default=[], metavar="STAGE")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--resources", action="store_true",
+                   help="per stage: where it runs, GPUs, host/GPU memory, local disk, storage written, wall time "
+                        "and GPU-hours; exits 1 when a stage does not fit its node")
+    _add_cluster_arg(p)
+    p.add_argument("--gpu", default=None, metavar="TYPE",
+                   help="--resources: the GPU type of GPU nodes whose manifest names none (e.g. A100-80G)")
     p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("synth", help="generate the synthetic world (training data + eval sets)")
@@ -193,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, positional=True)
     _add_stage_args(p)
     _add_address_arg(p)
+    _add_cluster_arg(p)
     p.add_argument("--wait", action="store_true", help="stream the job's logs; exit non-zero unless it succeeds")
     p.add_argument("--poll", type=float, default=5.0, metavar="SECONDS", help="--wait: status poll interval")
     p.add_argument("--timeout", type=float, default=48 * 3600, metavar="SECONDS",

@@ -19,6 +19,7 @@ from pipelines.config import PipelineConfig
 
 from ..llava15 import LLAVA15
 from .artifacts import storage_root
+from .cluster import LOCAL_RAY_MIN_CPUS
 from .console import Console, captured, display_status, log_file, publish_log
 from .executor import PipelineError, PlannedStage, downstream
 from .plan import plan_pipeline, run_plan
@@ -95,7 +96,8 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=max(LOCAL_RAY_MIN_CPUS, os.cpu_count() or 1), log_to_driver=False,
+                 configure_logging=False)
 
 
 def _json_summary(results: dict[str, dict[str, Any]], tracker: Any, log: str) -> dict[str, Any]:
@@ -128,6 +130,11 @@ def run_pipeline(
             "config, or run without those stages" + (f" (--only {' --only '.join(keep)})" if keep else ""))
     if dry_run:
         return 0
+    running = {p.stage.name.split(".")[0] for p in plan if p.action == "run"}
+    if running:  # before Ray starts: a stage that cannot fit its node fails there, maybe after hours
+        from .resources_cmd import check_fits
+
+        check_fits(cfg, running=running)
     with captured(log_file(root, command), verbose=verbose) as console:
         console.line(format_plan(plan), to_err=as_json)
         console.line(f"logs: {console.log_path}" + ("" if verbose else " (-v shows them here)"), to_err=True)

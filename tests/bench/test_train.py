@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.train import MIX, format_table, grouped_batches, kind_of, sample_mix
+from bench.train import format_table, grouped_batches, kind_of
+from components.train.length_mix import MIX, sample_mix
 
 ROOT = Path(__file__).resolve().parents[2]
 

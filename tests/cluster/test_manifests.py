@@ -119,3 +119,26 @@ def test_readme_commands_parse(command):
     args = build_parser().parse_args(argv[1:])
     if args.command in ("run", "submit"):
         load_config(CONFIG_DIR.parent / args.config if args.config.startswith("configs/") else args.config, args.set)
+
+
+@pytest.mark.parametrize("manifest", ["kuberay/rayjob.yaml", "kuberay/raycluster.yaml", "aws/llava-cluster.yaml"])
+@pytest.mark.parametrize("config", ["llava15_7b", "llava15_13b"])
+def test_the_paper_recipes_fit_the_shipped_clusters(manifest, config):
+    """`plan --resources` finds a node for every stage: memory, GPU memory and the declared local disk."""
+    from pipelines.engine.resources_cmd import plan_resources
+
+    placement = plan_resources(load_config(config), str(CLUSTER / manifest))
+    assert not placement.errors, placement.errors
+    for group in placement.cluster.groups:
+        assert group.disk is not None, f"{manifest}: {group.name} declares no local disk"
+        assert not group.gpus or group.gpu_type, f"{manifest}: {group.name}'s GPU type is unknown"
+
+
+@pytest.mark.parametrize("manifest", ["kuberay/rayjob.yaml", "kuberay/raycluster.yaml"])
+def test_kuberay_pods_request_the_ephemeral_storage_they_may_use(manifest):
+    doc = _yaml(manifest)
+    spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        res = _containers(group["template"])[0]["resources"]
+        # The scheduler places a pod by its requests; the kubelet evicts it past its limit.
+        assert res["requests"]["ephemeral-storage"] == res["limits"]["ephemeral-storage"]

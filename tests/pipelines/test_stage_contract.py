@@ -52,8 +52,9 @@ def contract(cfg: PipelineConfig) -> dict[str, set[str]]:
 SCHEDULING_KEYS = {
     *(f"{stage}.{key}" for stage in ("pretrain", "finetune") for key in (
         "num_workers", "use_gpu", "cpus_per_worker", "threads_per_worker", "gradient_checkpointing", "packing",
-        "compile_llm", "checkpoint_every", "keep_checkpoints", "max_failures")),
-    "prepare.cpus_per_task", "evaluate.num_actors", "evaluate.cpus_per_actor", "evaluate.concurrency",
+        "compile_llm", "checkpoint_every", "checkpoint_every_minutes", "keep_checkpoints", "max_failures")),
+    "prepare.cpus_per_task", "export.use_gpu", "export.cpus",
+    "evaluate.num_actors", "evaluate.cpus_per_actor", "evaluate.concurrency",
     "sweep.resources", "sweep.max_concurrent_trials",
 }
 

@@ -1,4 +1,7 @@
-"""Export stage: plain-transformers folder, parity with our evaluation path, MLflow registry, connector refusal."""
+"""Export stage: plain-transformers folder, parity with our evaluation path, MLflow registry, connector refusal.
+
+Every export runs as the pipeline runs it: the work in a Ray task (the session's local Ray), this process
+only its driver."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from components.export.package import ExportError
 from components.export.parity import ParityError
 from components.export.registry import read_eval_results
 from components.export.samples import FIXED_PROMPTS, parity_items
+from components.export.spec import ExportResources
 from components.export.stage import run_export
 from components.models.assembly import build_model
 from pipelines.config import load_config
@@ -42,12 +46,14 @@ def _save_model(tokenizer, path: Path, connector: str) -> str:
 def _export(model: str, out: str, *, evaluations: dict[str, str] | None = None,
             benchmark_folders: dict[str, str] | None = None, parity_sample: int = 8,
             allow_custom_connector: bool = False, registered_name: str = "tiny", fingerprint: str = "fp",
-            mlflow: MlflowTarget | None = None, parity_max_new_tokens: int | None = None) -> dict:
+            mlflow: MlflowTarget | None = None, parity_max_new_tokens: int | None = None,
+            resources: ExportResources | None = None) -> dict:
     """run_export with the arguments the tiny config's export job gets (see pipelines/llava15.export_args)."""
     return run_export(model=model, evaluations=evaluations or {}, benchmark_folders=benchmark_folders or {},
                       template="vicuna_v1", parity_sample=parity_sample,
                       allow_custom_connector=allow_custom_connector, registered_name=registered_name,
                       pipeline="tiny", parity_max_new_tokens=parity_max_new_tokens,
+                      resources=resources or ExportResources(),
                       run=StageRun(stage="export", out=out, storage=out, fingerprint=fingerprint, mlflow=mlflow))
 
 
@@ -96,7 +102,7 @@ def eval_outputs(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def exported(model_dir, eval_outputs, mlflow_target, tmp_path_factory) -> tuple[dict, Path]:
+def exported(ray_local, model_dir, eval_outputs, mlflow_target, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("export")
     metrics = _export(model_dir, str(out), evaluations=eval_outputs, parity_sample=4, registered_name="tiny-llava",
                       fingerprint="fp-1234", mlflow=mlflow_target, parity_max_new_tokens=NEW_TOKENS)
@@ -200,7 +206,7 @@ def test_refuses_a_connector_transformers_cannot_represent(linear_dir, tmp_path)
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
-def test_custom_connector_opt_in(linear_dir, tmp_path):
+def test_custom_connector_opt_in(ray_local, linear_dir, tmp_path):
     from components.models.assembly import load_llava
     from components.models.connectors import connector_spec_of
 
@@ -215,17 +221,29 @@ def test_custom_connector_opt_in(linear_dir, tmp_path):
     assert connector_spec_of(load_llava(model)) == "linear"
 
 
-def test_parity_mismatch_fails_the_stage(model_dir, tmp_path, monkeypatch):
-    # llava_v1's system prompt ("curious human") instead of vicuna_v1's: the reference's classic mix-up.
+def test_parity_mismatch_fails_the_stage(ray_local, model_dir, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    # llava_v1's system prompt ("curious human") instead of vicuna_v1's: the reference's classic mix-up. The
+    # driver resolves the template the folder ships and hands its text to the worker.
     wrong = VICUNA_V1_CHAT_TEMPLATE.replace("curious user", "curious human")
-    monkeypatch.setattr("components.export.package.chat_template", lambda template: wrong)
+    monkeypatch.setattr("components.export.chat_template.chat_template", lambda template: wrong)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("mismatch", artifact_location=str(tmp_path / "artifacts"))
+    target = MlflowTarget(uri, client.create_run(exp).info.run_id)
     with pytest.raises(ParityError) as err:
-        _export(model_dir, str(tmp_path / "out"), parity_sample=1, parity_max_new_tokens=2)
+        _export(model_dir, str(tmp_path / "out"), parity_sample=1, parity_max_new_tokens=2, mlflow=target,
+                registered_name="mismatch")
     assert "1 of 1 prompts differ" in str(err.value) and "prompt_text" in str(err.value)
     assert "input_ids" in str(err.value)
     report = json.loads((tmp_path / "out" / "parity.json").read_text())
     assert report["ok"] is False and report["items"][0]["text_transformers"].startswith(
         "A chat between a curious human")
+    # parity.json is logged where the run's MLflow shows it; nothing is registered.
+    assert {a.path for a in client.list_artifacts(target.run_id, "export")} == {"export/parity.json"}
+    assert client.get_run(target.run_id).data.metrics["parity_ok"] == 0.0
+    assert client.search_registered_models() == [] and client.search_model_versions("name='mismatch'") == []
 
 
 # ---------------------------------------------------------------- pure parts
@@ -293,20 +311,31 @@ def test_bad_metrics_file_is_named(tmp_path):
         read_eval_results({"gqa": str(tmp_path)})
 
 
-def test_s3_model_dir_and_output(s3_server, model_dir, tmp_path, monkeypatch):
+def test_s3_model_dir_and_output(ray_local, s3_server, model_dir, tmp_path, monkeypatch):
     import s3fs
 
     monkeypatch.setenv("LLAVA_PIPELINE_CACHE", str(tmp_path / "cache"))
     fs = s3fs.S3FileSystem()
     fs.mkdir("export-bucket")
     fs.put(model_dir + "/", "export-bucket/finetune/model/", recursive=True)
-    metrics = _export("s3://export-bucket/finetune/model", "s3://export-bucket/export", parity_sample=0)
-    assert metrics["parity_checked"] == 0 and "parity_ok" not in metrics
+    metrics = _export("s3://export-bucket/finetune/model", "s3://export-bucket/export", parity_sample=1,
+                      parity_max_new_tokens=2)
+    assert metrics["parity_checked"] == 1 and metrics["parity_ok"] is True
+    # This process is only the driver: it read config.json and copied none of the model to its node (the Ray
+    # task fetched it on its own node, into that worker's cache).
+    assert not (tmp_path / "cache").exists()
     fs.invalidate_cache()
-    assert {"config.json", "model.safetensors", "processor_config.json", "chat_template.jinja"} <= {
+    assert {"config.json", "model.safetensors", "processor_config.json", "chat_template.jinja", "README.md"} <= {
         Path(p).name for p in fs.ls("export-bucket/export/model")}
+    assert {"export.json", "parity.json"} <= {Path(p).name for p in fs.ls("export-bucket/export")}
     summary = json.loads(fs.cat("export-bucket/export/export.json"))
-    assert summary["model"] == "s3://export-bucket/export/model" and summary["parity_ok"] is None
+    assert summary["model"] == "s3://export-bucket/export/model" and summary["parity_ok"] is True
+
+
+def test_parity_sample_0_checks_nothing(ray_local, model_dir, tmp_path):
+    metrics = _export(model_dir, str(tmp_path / "out"), parity_sample=0)
+    assert metrics["parity_checked"] == 0 and "parity_ok" not in metrics
+    assert json.loads((tmp_path / "out" / "export.json").read_text())["parity_ok"] is None
 
 
 def test_registered_version_loads_and_answers_through_mlflow(exported, mlflow_target, model_dir, monkeypatch):

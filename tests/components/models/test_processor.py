@@ -11,6 +11,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from components.core.images import normalize
+from components.export.chat_template import chat_template
 from components.export.package import write_model_dir
 from components.models.assembly import build_model
 from components.models.processor import build_processor
@@ -66,7 +67,8 @@ def test_each_saved_model_folder_ships_the_training_processor(tokenizer, tmp_pat
         write_finetune_output(model, stage, tokenizer, str(tmp_path / "out"), rank=0)
         saved = tmp_path / "out" / "model"
     else:
-        write_model_dir(model, tokenizer, tmp_path / "export", template=stage.template, card="test")
+        write_model_dir(model, tokenizer, tmp_path / "export", chat_template=chat_template(stage.template),
+                        card="test")
         saved = tmp_path / "export"
     size = model.config.vision_config.image_size
     for w, h in [(90, 60), (50, 100)]:

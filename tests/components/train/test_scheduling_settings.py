@@ -30,7 +30,8 @@ def test_the_settings_proven_here_are_marked_scheduling():
     marked = {name for name, info in TrainStageConfig.model_fields.items()
               if is_scheduling(metadata(field_type(info)))}
     assert marked == {"num_workers", "use_gpu", "cpus_per_worker", "threads_per_worker", "gradient_checkpointing",
-                      "packing", "compile_llm", "checkpoint_every", "keep_checkpoints", "max_failures"}
+                      "packing", "compile_llm", "checkpoint_every", "checkpoint_every_minutes", "keep_checkpoints",
+                      "max_failures"}
 
 
 def _loss_and_grads(model, inputs):

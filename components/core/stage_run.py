@@ -19,6 +19,12 @@ class StageRun:
     fingerprint: str
     attempt: str = ""  # this attempt's id: a resumed attempt keeps it, --force starts a new one
     mlflow: MlflowTarget | None = None
+    output: str = ""  # where `out` is committed when run_<stage> returns ("": `out` itself)
+
+    @property
+    def committed(self) -> str:
+        """The path this attempt's output has once committed: what a record that outlives the attempt names."""
+        return self.output or self.out
 
     @property
     def run_name(self) -> str:

@@ -128,7 +128,7 @@ def run_export(
     jinja = chat_template(template)
     tags = eval_tags(read_eval_results(evaluations))
     loader = CUSTOM_LOADER if custom else "transformers"
-    summary = {"model": storage.join(out, "model"), "registered_model": name, "mm_projector_type": spec,
+    summary = {"model": storage.join(run.committed, "model"), "registered_model": name, "mm_projector_type": spec,
                "loader": loader, "pipeline_fingerprint": fingerprint, "source_model_dir": model_dir,
                "eval_tags": tags}
     registration = Registration(

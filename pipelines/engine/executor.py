@@ -209,7 +209,7 @@ def _run_one(p: PlannedStage, root: str, tracker: Any) -> dict[str, Any]:
                 with lease.keep_alive():
                     attempt, folder = start_attempt(p.out, forced=p.forced)
                     run = StageRun(p.stage.name, folder, root, p.fingerprint, attempt,
-                                   tracker.target(run_id) if tracker else None)
+                                   tracker.target(run_id) if tracker else None, output=p.out)
                     metrics = p.stage.run(**materialize(p.args), run=run) or {}
                     commit(p.out, folder, {
                         "stage": p.stage.name, "fingerprint": p.fingerprint, "inputs": p.inputs, "metrics": metrics,

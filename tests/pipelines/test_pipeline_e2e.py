@@ -78,6 +78,10 @@ def test_stage_metrics_reach_the_result(tiny_run):
     assert train["world_size"] == 1 and train["threads_per_worker"] == 2
     assert out["stages"]["evaluate.llava_bench"]["metrics"]["status"] == "skipped"  # no judge configured
     assert out["stages"]["export"]["metrics"]["parity_ok"]
+    # export.json (and the registered model's export_path tag) name the committed folder, not the attempt's
+    export = out["stages"]["export"]["output"]
+    assert json.loads((Path(export) / "export.json").read_text())["model"] == f"{export}/model"
+    assert (Path(export) / "model" / "config.json").is_file()
 
 
 def test_mlflow_run_tree(tiny_run, mlflow_server):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from pipelines.config import load_config
+from pipelines.engine import run_cmd
 from pipelines.engine.cli import main
 from pipelines.engine.executor import PipelineError
 from pipelines.engine.resources_cmd import check_fits, plan_resources
@@ -109,12 +110,13 @@ def test_tiny_fits_this_machine():
     check_fits(load_config("tiny"))
 
 
-def test_run_refuses_before_ray_starts(tmp_path, capsys):
-    import ray
-
+def test_run_refuses_before_ray_starts(tmp_path, capsys, monkeypatch):
+    # Recorded, not read from ray.is_initialized(): in the suite the session's Ray may already run here.
+    started = []
+    monkeypatch.setattr(run_cmd, "init_ray", lambda: started.append(True))
     rc = main(["run", "tiny", "--set", f"storage={tmp_path}", "--set", "pretrain.cpus_per_worker=512"])
     err = capsys.readouterr().err
-    assert rc == 2 and not ray.is_initialized()
+    assert rc == 2 and not started
     assert "the run does not fit its cluster" in err
     assert "pretrain: CPUs: a process needs 512 CPUs; a node of local (this machine" in err
     check_fits(load_config("tiny", ["pretrain.cpus_per_worker=512"]), running={"prepare"})  # not running: fine

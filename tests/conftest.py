@@ -103,6 +103,25 @@ def s3_server():
     proc.wait(timeout=10)
 
 
+@pytest.fixture
+def s3_faults(s3_server):
+    """A fault-injecting proxy (tests/faults/s3_proxy.py) in front of `s3_server`, and the AWS environment
+    pointing at it for this test; yields the proxy (add `Rule`s to it)."""
+    import s3fs
+
+    from tests.faults.s3_proxy import S3FaultProxy
+
+    proxy = S3FaultProxy(s3_server).start()
+    os.environ["AWS_ENDPOINT_URL"] = proxy.url
+    s3fs.S3FileSystem.clear_instance_cache()  # cached filesystems hold a client for the old endpoint
+    try:
+        yield proxy
+    finally:
+        os.environ["AWS_ENDPOINT_URL"] = s3_server
+        s3fs.S3FileSystem.clear_instance_cache()
+        proxy.stop()
+
+
 def _free_port() -> int:
     import socket
 

@@ -2,22 +2,27 @@
 
 A run takes the output's lease (components/core/lease.py) before the stage works; a second run of the same
 stage waits for it and then takes the output as a cache hit, and a lease whose holder died is taken over.
-Each attempt writes its own folder, committed by an atomic rename (local) or, on an object store, by writing
-the manifest last. An interrupted attempt keeps its id for the next run (so a training stage resumes its Ray
-Train run); `--force` starts a fresh attempt.
+Each attempt writes its own folder under `{stage}/.attempts/`, never the output itself, so a run that lost
+its lease (a stall past the ttl; another run took over) cannot write into the output or into its successor's
+folder, and `--force` leaves the good output readable until the new attempt commits. A commit first checks
+the lease (`Lease.fence`: a holder that lost it is refused), then makes the attempt the output: an atomic
+rename (local), or on an object store a server-side copy with the manifest written last. An interrupted
+attempt keeps its id for the next run (so a training stage resumes its Ray Train run); `--force` starts a
+fresh attempt.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import secrets
 import shutil
 import time
 from typing import Any
 
 from components.core import storage
-from components.core.lease import Lease, new_holder
+from components.core.lease import Lease, LeaseLost, new_holder
 
 MANIFEST = "_stage_manifest.json"  # the executor's own record; stage outputs never use this name
 ATTEMPTS = ".attempts"  # {stage}/.attempts/{fingerprint}-{attempt}: local attempt folders before commit
@@ -78,8 +83,9 @@ def take_lease(out: str, *, forced: bool, stage: str) -> tuple[Lease | None, dic
 
 def start_attempt(out: str, *, forced: bool) -> tuple[str, str]:
     """(attempt id, an empty attempt folder). An unfinished attempt of this output keeps its id unless forced,
-    so a training stage resumes its Ray Train run; its folder starts empty, since a stage body writes its
-    outputs whole (no half-written file of a killed attempt is ever taken up)."""
+    so a training stage resumes its Ray Train run; its folder is new and empty, since a stage body writes its
+    outputs whole (no half-written file of a killed attempt is ever taken up). The caller holds the lease, so
+    every other attempt folder of this output is a dead or fenced-off run's, and is removed."""
     record = out.rstrip("/") + ".attempt.json"
     attempt = None
     if not forced:
@@ -90,30 +96,60 @@ def start_attempt(out: str, *, forced: bool) -> tuple[str, str]:
     if not attempt:
         attempt = _new_attempt()
         storage.write_json(record, {"attempt": attempt, "started_at": time.time()})
-    if storage.is_remote(out):  # no atomic rename on object stores: the manifest, written last, commits
-        storage.remove(out)
-        return attempt, out
-    parent, name = os.path.split(out.rstrip("/"))
-    folder = os.path.join(parent, ATTEMPTS, f"{name}-{attempt}")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
+    parent, name = posixpath.split(out.rstrip("/"))
+    attempts = storage.join(parent, ATTEMPTS)
+    fs, inner = storage.filesystem(attempts)
+    for stale in fs.glob(inner.rstrip("/") + f"/{name}-*"):
+        fs.rm(stale, recursive=True)
+    folder = storage.join(attempts, f"{name}-{attempt}-{secrets.token_hex(3)}")
+    storage.makedirs(folder)
     return attempt, folder
 
 
-def commit(out: str, folder: str, manifest: dict[str, Any]) -> None:
-    """Make the attempt the stage's output: manifest last, then (local) one rename of the whole folder."""
-    if MANIFEST in (os.listdir(folder) if not storage.is_remote(folder) else []):
+def commit(out: str, folder: str, manifest: dict[str, Any], lease: Lease) -> None:
+    """Make the attempt the stage's output, if `lease` still holds it: manifest last, then (local) one rename
+    of the whole folder, or (object store) a server-side copy, the output's manifest written last. The old
+    output of a forced rerun is removed only now."""
+    where = f"{manifest['stage']}: not committing {out}"
+    if storage.exists(storage.join(folder, MANIFEST)):
         raise ValueError(f"{manifest['stage']} wrote {MANIFEST}, a name reserved for the executor")
-    storage.write_json(storage.join(folder, MANIFEST), manifest)
-    if folder != out:
-        final = out.rstrip("/")
-        replaced = None
-        if os.path.exists(final):  # a forced rerun: swap the old output out, then delete it
-            replaced = os.path.join(os.path.dirname(final), ATTEMPTS, f"replaced-{secrets.token_hex(4)}")
-            os.rename(final, replaced)
-        os.rename(folder, final)
-        if replaced:
-            shutil.rmtree(replaced, ignore_errors=True)
+    try:
+        lease.fence()
+        if not storage.is_remote(out):
+            storage.write_json(storage.join(folder, MANIFEST), manifest)
+            _swap_local(out, folder)
+        else:
+            _swap_remote(out, folder, manifest, lease)
+    except LeaseLost as e:
+        raise LeaseLost(f"{where}: {e}") from None
     storage.remove(out.rstrip("/") + ".attempt.json")
 
 
+def _swap_local(out: str, folder: str) -> None:
+    final = out.rstrip("/")
+    replaced = None
+    if os.path.exists(final):  # a forced rerun: swap the old output out, then delete it
+        replaced = os.path.join(os.path.dirname(final), ATTEMPTS, f"replaced-{secrets.token_hex(4)}")
+        os.rename(final, replaced)
+    os.rename(folder, final)
+    if replaced:
+        shutil.rmtree(replaced, ignore_errors=True)
+
+
+def _swap_remote(out: str, folder: str, manifest: dict[str, Any], lease: Lease) -> None:
+    """No rename on an object store: drop the old output (its manifest first, so no reader takes a half-
+    replaced output as done), copy the attempt in server-side, check the lease again (the copy may be long),
+    then write the manifest that commits it."""
+    fs, dst = storage.filesystem(out)
+    src = storage.filesystem(folder)[1]
+    dst = dst.rstrip("/")
+    if fs.exists(dst):
+        storage.remove(storage.join(out, MANIFEST))
+        fs.rm(dst, recursive=True)
+    written = fs.find(src)  # a stage may write nothing (an empty prefix does not exist on S3)
+    if written:
+        fs.copy(src.rstrip("/") + "/", dst + "/", recursive=True)
+    lease.fence()
+    storage.write_json(storage.join(out, MANIFEST), manifest)
+    if written:
+        fs.rm(src, recursive=True)

@@ -214,7 +214,7 @@ def _run_one(p: PlannedStage, root: str, tracker: Any) -> dict[str, Any]:
                     commit(p.out, folder, {
                         "stage": p.stage.name, "fingerprint": p.fingerprint, "inputs": p.inputs, "metrics": metrics,
                         "mlflow_run_id": run_id, "attempt": attempt, "started_at": started,
-                        "finished_at": time.time(), "duration_s": time.time() - started})
+                        "finished_at": time.time(), "duration_s": time.time() - started}, lease)
                     result.update(status="ran", metrics=metrics)
             finally:
                 lease.release()

@@ -1,6 +1,7 @@
 """The executor on a small DAG of real file-writing stages (no Ray needed)."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -128,8 +129,10 @@ def test_an_interrupted_attempt_is_resumed_and_force_starts_afresh(tmp_path):
     assert results["a"]["status"] == "failed"
     _, results = run_dag(attempt_dag(seen), cfg, tmp_path)
     assert results["a"]["status"] == "ran"
-    # The same attempt (its Ray Train run resumes), in a clean folder: no half-written file is taken up.
-    assert seen[1][0] == seen[0][0] and seen[1][1] == seen[0][1] and seen[1][2] == []
+    # The same attempt (its Ray Train run resumes), in a new, clean folder: no half-written file is taken up,
+    # and a stalled earlier holder still writing cannot write into it.
+    assert seen[1][0] == seen[0][0] and seen[1][1] != seen[0][1] and seen[1][2] == []
+    assert not os.path.exists(seen[0][1])  # the interrupted attempt's folder is gone
     failed.clear()
     run_dag(attempt_dag(seen, failed), cfg, tmp_path, force=["a"])
     _, results = run_dag(attempt_dag(seen), cfg, tmp_path, force=["a"])

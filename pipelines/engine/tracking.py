@@ -7,7 +7,6 @@ storage root (`{storage}/mlflow.db`, artifacts in `{storage}/mlartifacts`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
@@ -20,6 +19,7 @@ import yaml
 from components.core import storage
 from components.core.fingerprint import flatten
 from components.core.mlflow_target import MlflowTarget
+from components.core.node_lock import node_lock
 from components.core.redact import redact, redact_json
 from components.train.spec import deepspeed_config_path
 from pipelines.config import PipelineConfig
@@ -76,14 +76,8 @@ def _store_setup_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with node_lock(uri.removeprefix("sqlite:///") + ".lock"):
+        yield
 
 
 class PipelineTracker:

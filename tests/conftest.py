@@ -164,3 +164,14 @@ def mlflow_server(tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture
+def mlflow_restartable(tmp_path):
+    """A real MLflow server of this test's own that it may stop and start again (tests/faults/mlflow_server.py)."""
+    from tests.faults.mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path / "mlflow_restartable")
+    server.start()
+    yield server
+    server.stop()

@@ -15,6 +15,7 @@ metrics.json, categories.csv, chart.png and, for server-scored benchmarks, uploa
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ from components.evaluate.outputs import (
 from components.evaluate.pool import GenerationPool, PoolSpec, generate_in_process
 from components.models.remote import localize
 
+log = logging.getLogger(__name__)
 _UPLOAD_EXT = {"mmbench": "tsv", "mmbench_cn": "tsv"}  # the rest upload JSON
 
 
@@ -192,12 +194,23 @@ def _finish(
     (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
 
     if mlflow is not None:
-        mlflow.log_metrics(mlflow_metrics(result))
-        mlflow.set_tags({f"eval.{bench.name}.status": result.get("status", "ok")})
-        for key in ("answers", "rejected", "table", "chart", "metrics"):
-            mlflow.log_artifact(files[key], f"eval/{bench.name}")
+        _log(mlflow, bench.name, mlflow_metrics(result), {f"eval.{bench.name}.status": result.get("status", "ok")},
+             [files[key] for key in ("answers", "rejected", "table", "chart", "metrics")])
     _check_rejected(bench.name, rejected, len(job.questions) + len(job.unread), out)
     return result
+
+
+def _log(mlflow: MlflowTarget, bench: str, metrics: dict[str, float], tags: dict[str, str], files: list[str]
+         ) -> None:
+    """Kept on this node and sent in the background (mlflow_sender.py): a tracking server that is down costs
+    the stage no time and no result. Only a local disk error can fail it, and that does not fail the stage."""
+    try:
+        mlflow.log_metrics(metrics, background=True)
+        mlflow.set_tags(tags, background=True)
+        for path in files:
+            mlflow.log_artifact(path, f"eval/{bench}", background=True)
+    except OSError as e:
+        log.warning("%s: MLflow entries not kept: %s", bench, e)
 
 
 def _check_rejected(name: str, rejected: list[dict[str, Any]], total: int, out: Path) -> None:
@@ -267,7 +280,7 @@ def evaluate_benchmarks(
             job.out.mkdir(parents=True, exist_ok=True)
             (job.out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
             if mlflow is not None:
-                mlflow.set_tags({f"eval.{job.bench.name}.status": "skipped"})
+                _log(mlflow, job.bench.name, {}, {f"eval.{job.bench.name}.status": "skipped"}, [])
     todo = [j for j in jobs if j.bench.name not in skipped]
 
     results: dict[tuple[str, str], dict[str, Any]] = {}
@@ -294,7 +307,10 @@ def evaluate_benchmarks(
                        "num_actors": num_actors, "use_gpu": use_gpu, "dtype": dtype,
                        "blank_images": blank_images},
     }
-    return [
+    done = [
         skipped[j.bench.name] if j.bench.name in skipped else _finish(j, results, pass_stats, extra, mlflow)
         for j in jobs
     ]
+    if mlflow is not None:  # a bounded wait; what is still unsent stays kept and is sent later
+        mlflow.flush()
+    return done

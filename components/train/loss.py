@@ -26,5 +26,8 @@ def supervised_loss(model: Callable[..., Any], inputs: dict[str, torch.Tensor | 
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # position p predicts token p + 1
     keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
     features = {k: v for k, v in inputs.items() if k != "labels"}
+    if not len(keep):  # nothing supervised (every sample's image was lost): a zero loss that still runs the
+        # forward and backward, which every rank must do together under ZeRO
+        return model(**features, logits_to_keep=1, use_cache=False).logits.float().sum() * 0.0
     logits = model(**features, logits_to_keep=keep, use_cache=False).logits  # (B, kept positions, vocab)
     return F.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(), ignore_index=IGNORE_INDEX)

@@ -3,6 +3,10 @@
 Shards hold image references, not pixels, so one prepared dataset serves every resolution and image
 mode. Each batch decodes its images once (JPEG draft mode straight to about the target size), pads or
 crops, resizes, and ships uint8 pixels; normalisation happens on the training worker (GPU when there is one).
+
+`prepare` checked every image, but storage changes under a 20-hour run: an image deleted or damaged since then
+costs its own sample only. Its row gets zero pixels and an `image_error` ("reason<TAB>message"); the training
+loop masks that sample's labels and counts it, rather than failing the block and with it the worker group.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import numpy as np
 import pyarrow as pa
 
 from components.core import datafiles, images
+
+# Written as `image_error` on a row whose image could not be read or decoded at training time.
+ROW_ERRORS = (datafiles.DataFileError, images.ImageError)
 
 
 def load_pixels(uri: str, mode: Literal["pad", "square"], size: int,
@@ -35,8 +42,16 @@ class PixelLoader:
         self.size = size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        pixels = [load_pixels(uri, self.mode, self.size).tobytes() for uri in batch.column("image").to_pylist()]
-        return batch.append_column("pixels", pa.array(pixels, type=pa.binary()))
+        pixels, errors = [], []
+        for uri in batch.column("image").to_pylist():
+            try:
+                pixels.append(load_pixels(uri, self.mode, self.size).tobytes())
+                errors.append("")
+            except ROW_ERRORS as e:
+                pixels.append(bytes(3 * self.size * self.size))
+                errors.append(f"{e.reason}\t{e}")
+        return (batch.append_column("pixels", pa.array(pixels, type=pa.binary()))
+                .append_column("image_error", pa.array(errors, type=pa.string())))
 
 
 def pixels_from_bytes(raw: list[bytes], size: int) -> np.ndarray:

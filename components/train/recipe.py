@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from .env import DELAY_ENV, FAULT_ENV, PROBE_ENV
 from .flops import FlopCounts, mfu, peak_flops
 from .grouping import rank_positions, sample_stream
 from .loss import supervised_loss
+from .lost_samples import gather_lost_samples, mask_lost_samples
 from .outputs import write_export_probe, write_finetune_output, write_pretrain_output, write_summary
 from .runtime import LocalRuntime, RayRuntime, Runtime, StopRequested
 from .schedule import lr_lambda
@@ -59,17 +61,17 @@ def _local_file(path: str) -> str:
 def _track(
     mlflow: MlflowTarget | None, metrics: dict[str, float | None], step: int, tags: dict[str, Any] | None = None
 ) -> None:
-    """Best effort: a tracking-server hiccup must not kill a training run."""
+    """Off the step's path: the entry goes to this process's journal and a background sender delivers it
+    (through server outages: components/core/mlflow_sender.py). Only a local disk error can fail it, and that
+    must not kill a training run."""
     if mlflow is None:
         return
-    from mlflow.exceptions import MlflowException
-
     try:
-        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None}, step=step)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None}, step=step, background=True)
         if tags:
-            mlflow.set_tags(tags)
-    except (MlflowException, OSError) as e:
-        log.warning("MLflow logging failed at step %d: %s", step, e)
+            mlflow.set_tags(tags, background=True)
+    except OSError as e:
+        log.warning("MLflow entry of step %d not kept: %s", step, e)
 
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,9 @@ def train(job: TrainPlan, rt: Runtime, clock: Callable[[], float] = time.monoton
     start = meta["step"] if meta else 0
     history: dict[str, Any] = meta or {"losses": [], "samples": 0, "tokens": 0, "restarts": -1,
                                        "resumed_from": []}
+    history.setdefault("lost", 0)  # samples whose image could not be read (all ranks); older checkpoints lack it
+    history.setdefault("lost_samples", [])  # and which, with the reason (gathered to rank 0 at each checkpoint)
+    lost_here: list[dict[str, Any]] = []  # this rank's lost samples since the last checkpoint
     history["restarts"] += 1
     fetched: list[int] | None = None  # bytes each rank copied from storage to resume (0: read in place)
     if meta:
@@ -226,19 +231,22 @@ def train(job: TrainPlan, rt: Runtime, clock: Callable[[], float] = time.monoton
     engine.train()
     inputs, train_start = None, time.time()
     save_every_s, last_save = stage.checkpoint_every_minutes * 60, clock()
+    ckpt_bytes = 0  # this rank's last checkpoint size (the next save's space check)
     for step in range(start, end):
         t0 = time.perf_counter()
         lr = engine.get_lr()[0]  # the lr this step's update uses
-        # loss sum, tokens, samples, images, stop requested, checkpoint due: rank 0 decides the last two for
-        # every rank (its runtime and its clock; ranks' clocks differ and a save is collective), the sum tells all
-        totals = torch.zeros(6, dtype=torch.float64, device=engine.device)
+        # loss sum, tokens, samples, images, stop requested, checkpoint due, samples lost: rank 0 decides
+        # stop and due for every rank (its runtime and its clock; ranks' clocks differ and a save is
+        # collective), the sum tells all
+        totals = torch.zeros(7, dtype=torch.float64, device=engine.device)
         for _ in range(accum):
             rows = next(batches)
             images = rows.column("image").to_pylist()
             pixels = [p if img else None for p, img in zip(rows.column("pixels").to_pylist(), images, strict=True)]
-            ids = rows.column("input_ids").to_pylist()
-            inputs = collate(ids, rows.column("labels").to_pylist(), pixels, spec, names=rows.column("id").to_pylist(),
-                             device=engine.device, ensure_image=True)
+            ids, names = rows.column("input_ids").to_pylist(), rows.column("id").to_pylist()
+            labels = mask_lost_samples(rows.column("labels").to_pylist(), rows.column("image_error").to_pylist(),
+                                       names, images, step + 1, lost_here)
+            inputs = collate(ids, labels, pixels, spec, names=names, device=engine.device, ensure_image=True)
             loss = supervised_loss(engine, inputs)  # mean over this micro-batch's supervised tokens
             engine.backward(loss)  # DeepSpeed scales by 1/accum and reduces across ranks at the boundary
             engine.step()  # a no-op except at the accumulation boundary
@@ -247,15 +255,21 @@ def train(job: TrainPlan, rt: Runtime, clock: Callable[[], float] = time.monoton
             totals[1] += sum(sample_length(row, spec) for row in ids)  # real tokens, either layout
             totals[2] += len(images)
             totals[3] += sum(1 for img in images if img)
+            totals[6] += sum(1 for e in rows.column("image_error").to_pylist() if e)
         totals[4] = float(rank == 0 and rt.should_stop())
         totals[5] = float(rank == 0 and save_every_s > 0 and clock() - last_save >= save_every_s)
         dist.all_reduce(totals)
         seconds = time.perf_counter() - t0
-        loss_mean, tokens, samples, n_images, stop, due = totals.tolist()
+        loss_mean, tokens, samples, n_images, stop, due, lost = totals.tolist()
         if stop:  # the sweep's scheduler stopped this trial: every rank leaves together, writing nothing
             raise StopRequested(f"{name}: told to stop at step {step + 1}")
         loss_mean /= accum * world
         done = step + 1
+        # Not one of a step's images could be read: the storage is gone, not a file (a step of a few images can
+        # lose them all by chance, hence the 4)
+        if n_images >= 4 and lost == n_images:
+            raise RuntimeError(f"{name}: none of the {int(n_images)} images of step {done} could be read; first: "
+                               f"{lost_here[-1]['message'] if lost_here else 'on another rank'}")
         if not math.isfinite(loss_mean):
             raise FloatingPointError(f"{name}: loss is {loss_mean} at step {done}; lower optim.lr or check the "
                                      "data")
@@ -263,7 +277,9 @@ def train(job: TrainPlan, rt: Runtime, clock: Callable[[], float] = time.monoton
         history["samples"] += int(samples)
         history["tokens"] += int(tokens)
         grad_norm = engine.get_global_grad_norm()
-        metrics = {"loss": loss_mean, "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+        history["lost"] += int(lost)
+        metrics = {"loss": loss_mean, "lr": lr, "lost_samples": history["lost"],
+                   "grad_norm": None if grad_norm is None else float(grad_norm),
                    "tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds,
                    "mfu": mfu(flops.step_flops(int(tokens), int(n_images) * n_img, int(n_images)), seconds, world,
                               peak)}
@@ -276,15 +292,18 @@ def train(job: TrainPlan, rt: Runtime, clock: Callable[[], float] = time.monoton
             time.sleep(step_delay)
         if done == fault_step and meta is None and rank == (1 if world > 1 else 0):
             registered = rt.wait_until_saved()
-            print(f"[{name}] {FAULT_ENV}={fault_step}: rank {rank} exits after step {done} (checkpoint "
+            print(f"[{name}] {FAULT_ENV}={fault_step}: rank {rank} is SIGKILLed after step {done} (checkpoint "
                   f"registered: {registered})", flush=True)
-            os._exit(1)
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a preempted node: no cleanup runs
         every = bool(stage.checkpoint_every) and done % stage.checkpoint_every == 0
         if due or every or done == end:
+            history["lost_samples"] += gather_lost_samples(lost_here)  # collective, as the save
+            lost_here.clear()
             state = {**history, "stage": name, "step": done, "world_size": world, "position": done * stage.global_batch,
                      "epoch": done * stage.global_batch / job.num_rows}
             t_save = time.perf_counter()
-            save(engine, state, {"step": done, **{k: v for k, v in metrics.items() if v is not None}}, rt)
+            ckpt_bytes = save(engine, state, {"step": done, **{k: v for k, v in metrics.items() if v is not None}},
+                              rt, expected_bytes=ckpt_bytes)
             if rank == 0:
                 why = "end" if done == end else f"every {stage.checkpoint_every} steps" if every else (
                     f"{stage.checkpoint_every_minutes:g} minutes since the last")
@@ -314,12 +333,15 @@ def train(job: TrainPlan, rt: Runtime, clock: Callable[[], float] = time.monoton
         "wall_s": time.time() - attempt_start, "resumed": bool(history["resumed_from"]),
         "resumed_from_step": history["resumed_from"][-1] if history["resumed_from"] else None,
         "resume_fetched_bytes": fetched,
+        "lost_samples": history["lost"], "lost_sample_list": history["lost_samples"],
         "restarts": history["restarts"], "trainable": counts, "frozen_sha256": frozen,
         "init_connector": job.init_connector, "lora": stage.lora is not None,
         "zero_stage": engine.zero_optimization_stage(), "precision": stage.precision,
         "threads_per_worker": torch.get_num_threads(),
     }
     write_summary(summary, job.out)
+    if job.mlflow is not None:  # a bounded wait: what is still unsent stays kept on this node (mlflow_sender.py)
+        job.mlflow.flush()
     return summary
 
 

@@ -55,6 +55,10 @@ class Runtime(Protocol):
     def save(self, folder: str, metrics: dict[str, Any]) -> None:
         """Collective: commit this rank's files in `folder` as the run's newest checkpoint, with metrics."""
 
+    def checkpoint_dir(self) -> str | None:
+        """The local folder checkpoints are committed under (its free space is checked before a save); None when
+        run storage is remote."""
+
     def report(self, metrics: dict[str, Any]) -> None:
         """Collective: metrics without a checkpoint (under Ray Tune they reach the trial's scheduler)."""
 
@@ -110,6 +114,16 @@ class RayRuntime:
         import ray.train
 
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def checkpoint_dir(self) -> str | None:
+        import pyarrow.fs as pafs
+        import ray.train
+
+        storage_ctx = ray.train.get_context().get_storage()
+        if not isinstance(storage_ctx.storage_filesystem, pafs.LocalFileSystem):
+            return None
+        folder = storage_ctx.experiment_fs_path
+        return folder if os.path.isdir(folder) else storage_ctx.storage_fs_path
 
     def report(self, metrics: dict[str, Any]) -> None:
         import ray.train
@@ -214,6 +228,12 @@ class LocalRuntime:
             for old in self._committed()[: -self.KEEP]:
                 fs.rm(old, recursive=True)
         dist.barrier()
+
+    def checkpoint_dir(self) -> str | None:
+        if storage.is_remote(self.run_dir):
+            return None
+        os.makedirs(self.run_dir, exist_ok=True)
+        return self.run_dir
 
     def report(self, metrics: dict[str, Any]) -> None:
         dist.barrier()  # a report is collective on the Ray path too

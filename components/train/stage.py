@@ -26,7 +26,7 @@ from .spec import TrainStageConfig
 __all__ = ["fit", "prune_checkpoints", "run_finetune", "run_pretrain", "train_on_ray"]
 # What a training stage reports: its step count, data seen, losses, time, and where it resumed.
 SUMMARY_METRICS = ("steps", "samples", "tokens", "initial_loss", "final_loss", "wall_s", "resumed_from_step",
-                   "world_size", "threads_per_worker")
+                   "world_size", "threads_per_worker", "lost_samples")
 
 
 def run_pretrain(*, pretrain: TrainStageConfig, model: ModelSpec, seed: int, prepared: str,

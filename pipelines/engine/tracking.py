@@ -2,29 +2,43 @@
 
 Tracking URI: config `tracking.tracking_uri`, else MLFLOW_TRACKING_URI, else a sqlite file under a local
 storage root (`{storage}/mlflow.db`, artifacts in `{storage}/mlartifacts`).
+
+Every run this driver creates carries `driver.host`, `driver.pid` and `driver.started` (the process's start
+time), so that a later run can end the runs a killed driver left RUNNING (`end_abandoned_runs`). The driver
+also runs this node's background MLflow sender (components/core/mlflow_sender.py), which takes over and sends
+what killed processes on this node (a training worker, an earlier driver) kept but had not sent.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
-from components.core import storage
+from components.core import mlflow_sender, storage
 from components.core.fingerprint import flatten
+from components.core.lease import Lease
 from components.core.mlflow_target import MlflowTarget
 from components.core.node_lock import node_lock
 from components.core.redact import redact, redact_json
 from components.train.spec import deepspeed_config_path
 from pipelines.config import PipelineConfig
 
+from .attempts import LEASE_TTL_S
 from .console import display_status
+from .executor import artifact_dir
+
+log = logging.getLogger(__name__)
 
 
 def tracking_uri(cfg: PipelineConfig, root: str) -> str:
@@ -69,6 +83,100 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def driver_tags() -> dict[str, str]:
+    """Who runs this pipeline, as tags on its runs: what tells a later run whether this driver is gone."""
+    me = psutil.Process()
+    return {"driver.host": socket.gethostname(), "driver.pid": str(me.pid), "driver.started": f"{me.create_time():.2f}"}
+
+
+def _driver_gone(tags: dict[str, str]) -> bool | None:
+    """True when the driver named by `tags` no longer runs; None when this host cannot see it (another host)."""
+    if tags.get("driver.host") != socket.gethostname():
+        return None
+    try:
+        return f"{psutil.Process(int(tags['driver.pid'])).create_time():.2f}" != tags.get("driver.started")
+    except psutil.NoSuchProcess:
+        return True
+    except (psutil.AccessDenied, ValueError, KeyError):  # another user's live process; malformed tags
+        return False
+
+
+def _stage_lease_lapsed(tags: dict[str, str], driver: dict[str, str], root: str) -> bool:
+    """Whether the lease of this stage run's output (under `root`) still names its driver and was not renewed
+    for its ttl: the driver stopped while running the stage (a live driver renews it every ttl/4)."""
+    if not tags.get("stage") or not tags.get("fingerprint"):
+        return False
+    lease = Lease(artifact_dir(root, tags["stage"], tags["fingerprint"]).rstrip("/") + ".lease", "reader",
+                  ttl_s=LEASE_TTL_S)
+    state = lease.current()
+    holder = f"{driver.get('driver.host')}:{driver.get('driver.pid')}:"
+    return state is not None and str(state.get("holder", "")).startswith(holder) and lease.expired(state)
+
+
+def end_abandoned_runs(client: Any, experiment_id: str, root: str) -> list[str]:
+    """End as KILLED (tag `ended_because`) the runs of the experiment left RUNNING by a driver that is gone;
+    the ids ended.
+
+    How a driver is known to be gone. On this host: its pid no longer runs, or runs a process started later
+    (`driver.pid`, `driver.started`, read with psutil) — a live concurrent run on this host is never touched.
+    Another host's processes are out of sight; there the stage lease is the witness (pipelines/engine/
+    attempts.py): a stage run whose output lease (under this run's storage root) still names its driver and
+    has not been renewed for the lease's ttl belongs to a driver that stopped, and its parent run and siblings
+    go with it. A driver of another host that holds no lease (killed while planning, or while waiting for
+    another run's lease) cannot be told from a live one: its runs stay RUNNING, as do runs without driver tags
+    (created before these tags existed). A nested run without tags of its own (a sweep trial) is its nearest
+    ancestor's driver's.
+    """
+    running: dict[str, Any] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000,
+                                  page_token=token)
+        running.update({r.info.run_id: r for r in page})
+        token = page.token
+        if not token:
+            break
+    tags_of: dict[str, dict[str, str]] = {k: dict(r.data.tags) for k, r in running.items()}
+
+    def driver_of(run_id: str) -> dict[str, str] | None:
+        for _ in range(4):  # parent -> stage -> trial: a short chain
+            tags = tags_of.get(run_id)
+            if tags is None:
+                try:
+                    tags = tags_of[run_id] = dict(client.get_run(run_id).data.tags)
+                except Exception:  # noqa: BLE001 - a parent deleted meanwhile: nothing to attribute
+                    return None
+            if "driver.pid" in tags:
+                return {k: tags[k] for k in ("driver.host", "driver.pid", "driver.started") if k in tags}
+            if not tags.get("mlflow.parentRunId"):
+                return None
+            run_id = tags["mlflow.parentRunId"]
+        return None
+
+    drivers = {run_id: driver_of(run_id) for run_id in running}
+    gone: dict[tuple[str, ...], str] = {}
+    for run_id, driver in drivers.items():
+        if driver is None:
+            continue
+        key = tuple(driver.values())
+        verdict = _driver_gone(driver)
+        if verdict:
+            gone[key] = (f"its driver, process {driver['driver.pid']} on {driver['driver.host']}, is no longer "
+                         "running")
+        elif verdict is None and _stage_lease_lapsed(tags_of[run_id], driver, root):
+            gone[key] = (f"its driver on {driver['driver.host']} (pid {driver['driver.pid']}) stopped renewing "
+                         f"the lease of stage {tags_of[run_id]['stage']} more than {LEASE_TTL_S:.0f} s ago")
+    ended = []
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    for run_id, driver in drivers.items():
+        if driver is not None and tuple(driver.values()) in gone:
+            client.set_tag(run_id, "ended_because", f"{gone[tuple(driver.values())]} (seen {when} by "
+                                                    f"{socket.gethostname()}:{os.getpid()})")
+            client.set_terminated(run_id, "KILLED")
+            ended.append(run_id)
+    return ended
+
+
 @contextlib.contextmanager
 def _store_setup_lock(uri: str) -> Iterator[None]:
     """Two runs started together on a fresh sqlite store would both create its tables and the experiment:
@@ -93,7 +201,17 @@ class PipelineTracker:
         with _store_setup_lock(self.uri):
             self.client = MlflowClient(tracking_uri=self.uri)
             self.experiment_id = self._experiment(cfg.tracking.experiment, root)
-        tags = {"pipeline": cfg.name, "command": redact(command), "storage": redact(root)}
+        mlflow_sender.sender().start()  # sends what killed processes on this node kept (a no-op when none)
+        try:
+            ended = end_abandoned_runs(self.client, self.experiment_id, root)
+        except Exception as e:  # noqa: BLE001 - tidying up after an earlier run must not stop this one
+            log.warning("could not check for runs left RUNNING by a killed driver: %s", e)
+            ended = []
+        if ended:
+            log.warning("MLflow: ended %d run(s) left RUNNING by a driver that is gone (see their tag "
+                        "ended_because)", len(ended))
+        self.driver = driver_tags()
+        tags = {"pipeline": cfg.name, "command": redact(command), "storage": redact(root), **self.driver}
         job = ray_job_id()
         if job:
             tags["ray_job_id"] = job
@@ -149,7 +267,7 @@ class PipelineTracker:
 
     def start_stage(self, p: Any) -> str:
         tags = {"mlflow.parentRunId": self.parent, "stage": p.stage.name, "fingerprint": p.fingerprint,
-                "cache": "hit" if p.action == "cached" else "miss", "why": "; ".join(p.why)[:5000]}
+                "cache": "hit" if p.action == "cached" else "miss", "why": "; ".join(p.why)[:5000], **self.driver}
         if p.action == "cached" and p.manifest:
             tags["source_run_id"] = str(p.manifest.get("mlflow_run_id"))
         choices = getattr(p, "choices", None) or {}
@@ -201,3 +319,4 @@ class PipelineTracker:
             self.client.log_batch(self.parent, metrics=metrics[i:i + 500])
         failed = any(r["status"] == "failed" for r in results.values())
         self.client.set_terminated(self.parent, "FAILED" if failed else "FINISHED")
+        mlflow_sender.flush_all()  # what stages logged in the background here (evaluate); bounded, the rest kept

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from pathlib import Path
 # the machine's network address, and a worker node cannot opt out (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 would
 # keep it, but refuses to start non-head nodes). Every address in 127.0.0.0/8 is this machine's loopback.
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
+REPLACEMENT_IPS = ("127.0.0.4", "127.0.0.5", "127.0.0.6")  # a node that replaces a lost one: a new machine
 # Shared by both nodes, outside /tmp and $HOME: what a cluster image would bake in (built once, then reused).
 DEFAULT_TORCH_EXTENSIONS_DIR = "/var/tmp/llava-pipeline-torch-extensions"
 
@@ -44,6 +45,10 @@ class Cluster:
     url: str  # the head's dashboard: job submission
     token_file: Path  # where `ray start` keeps the token: ~/.ray/auth_token of the user who started it
     worker_mount_ns: str = ""  # the worker node's mount namespace (/proc/<pid>/ns/mnt), "" for a single node
+    # lose_worker(): SIGKILL everything of the worker node (raylet, its workers, `ray start`), as a machine that
+    # dies; join_replacement(): a new worker node (another address, fresh /tmp and ~) joins; returns its IP.
+    lose_worker: Callable[[], None] | None = None
+    join_replacement: Callable[[], str] | None = None
 
 
 def free_port() -> int:
@@ -104,6 +109,26 @@ def stop_node(proc: subprocess.Popen, temp_dir: str) -> None:
     _kill(_processes(lambda p: any(temp_dir in part for part in p.info["cmdline"] or [])))
 
 
+def _alive_node_ips(url: str, token: str) -> set[str]:
+    import json
+
+    request = urllib.request.Request(url + "/api/v0/nodes?limit=100",
+                                     headers={"Authorization": f"Bearer {token}"})
+    nodes = json.loads(urllib.request.urlopen(request, timeout=5).read())["data"]["result"]["result"]
+    return {n["node_ip"] for n in nodes if n["state"] == "ALIVE"}
+
+
+def _lose(proc: subprocess.Popen, mount_ns: str) -> None:
+    """Everything of one worker node at once, by SIGKILL (no draining: a machine that dies)."""
+    def in_ns(p) -> bool:
+        return os.readlink(f"/proc/{p.pid}/ns/mnt") == mount_ns
+
+    _kill(_processes(in_ns))
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
 def _stop_worker(proc: subprocess.Popen, mount_ns: str) -> None:
     """The worker node, then whatever still runs in its mount namespace (its /tmp is private: processes there
     cannot be told apart by temp dir from another Ray's, but by namespace they can)."""
@@ -144,6 +169,17 @@ def wait_until_ready(proc: subprocess.Popen, url: str, log: Path, token_file: Pa
         if time.monotonic() > deadline:
             raise RuntimeError(f"the warm-up job on {url} did not finish within {limit_s:.0f} s")
         time.sleep(0.5)
+
+
+def _own_namespace(proc: subprocess.Popen) -> str:
+    """The worker's mount namespace, once `unshare` has switched to it."""
+    for _ in range(100):
+        with contextlib.suppress(OSError):
+            ns = os.readlink(f"/proc/{proc.pid}/ns/mnt")
+            if ns != os.readlink("/proc/self/ns/mnt"):
+                return ns
+        time.sleep(0.05)
+    raise RuntimeError("the worker node did not get its own mount namespace")
 
 
 def _wait_for_worker(proc: subprocess.Popen, url: str, token: str, log: Path, cpus: int, limit_s: float) -> None:
@@ -205,10 +241,10 @@ def _mount_script(home: str) -> str:
     return "\n".join(lines)
 
 
-def _start_worker(env: dict[str, str], gcs: int, cpus: int, log_path: Path) -> subprocess.Popen:
+def _start_worker(env: dict[str, str], gcs: int, cpus: int, log_path: Path, ip: str = WORKER_IP) -> subprocess.Popen:
     script = _mount_script(env.get("HOME") or os.path.expanduser("~"))
     ray_cmd = [_ray(), "start", "--address", f"{HEAD_IP}:{gcs}", "--num-cpus", str(cpus), "--block",
-               "--node-ip-address", WORKER_IP, "--temp-dir", "/tmp/rworker",
+               "--node-ip-address", ip, "--temp-dir", "/tmp/rworker",
                "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
                "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
     log = open(log_path, "w")  # noqa: SIM115 - the child keeps it
@@ -233,24 +269,37 @@ def two_node_cluster(worker_cpus: int = 4, limit_s: float = 240) -> Iterator[Clu
     head, url, gcs = _start_head(env, temp_dir, num_cpus=0)
     worker: subprocess.Popen | None = None
     mount_ns = ""
+    spare_ips = list(REPLACEMENT_IPS)
     try:
         wait_until_ready(head, url, Path(temp_dir) / "ray_start.log", token_file, limit_s)
         token = token_file.read_text().strip()
         # The worker has no ~/.ray of its own: it gets the token as a real node would, from its environment.
-        worker = _start_worker({**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}, gcs, worker_cpus,
-                               Path(temp_dir) / "worker_start.log")
-        for _ in range(100):  # the namespace is the worker's once `unshare` has switched to it
-            with contextlib.suppress(OSError):
-                mount_ns = os.readlink(f"/proc/{worker.pid}/ns/mnt")
-                if mount_ns != os.readlink("/proc/self/ns/mnt"):
-                    break
-            time.sleep(0.05)
-        if mount_ns == os.readlink("/proc/self/ns/mnt"):
-            mount_ns = ""  # never clean up "the worker's namespace" if it is ours
-            raise RuntimeError("the worker node did not get its own mount namespace")
+        worker_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+        worker = _start_worker(worker_env, gcs, worker_cpus, Path(temp_dir) / "worker_start.log")
+        mount_ns = _own_namespace(worker)
         _wait_for_worker(worker, url, token, Path(temp_dir) / "worker_start.log", worker_cpus, limit_s)
         print(f"\n[two-node cluster] head + worker up after {time.monotonic() - started:.1f} s at {url}")
-        yield Cluster(url, token_file, mount_ns)
+
+        def lose_worker() -> None:
+            nonlocal worker, mount_ns
+            if worker is not None:
+                _lose(worker, mount_ns)
+            worker, mount_ns = None, ""
+
+        def join_replacement() -> str:
+            nonlocal worker, mount_ns
+            ip = spare_ips.pop(0)
+            log = Path(temp_dir) / f"worker_{ip}.log"
+            worker = _start_worker(worker_env, gcs, worker_cpus, log, ip)
+            mount_ns = _own_namespace(worker)
+            deadline = time.monotonic() + limit_s
+            while ip not in _alive_node_ips(url, token):
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the replacement node {ip} did not join: {log.read_text()[-2000:]}")
+                time.sleep(1)
+            return ip
+
+        yield Cluster(url, token_file, mount_ns, lose_worker, join_replacement)
     finally:
         if worker is not None:
             _stop_worker(worker, mount_ns)

@@ -204,3 +204,13 @@ def test_interrupted_driver_resumes(ray_local, mlflow_server, tmp_path):
     assert status["synth"] == status["prepare"] == status["pretrain"] == "cached"
     assert status["finetune"] == "ran"
     assert out["stages"]["finetune"]["metrics"]["resumed_from_step"] >= 2
+    # The killed driver's MLflow runs (its parent and the finetune it was in) did not stay RUNNING: the second
+    # run ended them KILLED, saying why.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("llava-pipeline")
+    runs = client.search_runs([exp.experiment_id], f"tags.`driver.pid` = '{first.pid}'", max_results=100)
+    status = {r.data.tags.get("stage", "parent"): r.info.status for r in runs}
+    assert status["parent"] == status["finetune"] == "KILLED" and status["pretrain"] == "FINISHED", status
+    assert all(r.data.tags.get("ended_because") for r in runs if r.info.status == "KILLED")

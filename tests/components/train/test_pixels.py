@@ -101,7 +101,8 @@ def test_pixel_loader_adds_one_uint8_array_per_row(corpus):
     paths = [str(corpus / "images" / name) for name in ("wide.jpg", "tall.png")]
     table = pa.table({"id": ["w", "t", "x"], "image": [*paths, ""]})
     out = PixelLoader("pad", SIZE)(table)
-    assert out.column_names == ["id", "image", "pixels"] and out.column("id").to_pylist() == ["w", "t", "x"]
+    assert out.column_names == ["id", "image", "pixels", "image_error"]
+    assert out.column("id").to_pylist() == ["w", "t", "x"] and out.column("image_error").to_pylist() == [""] * 3
     pixels = pixels_from_bytes(out.column("pixels").to_pylist(), SIZE)
     assert pixels.shape == (3, 3, SIZE, SIZE) and pixels.dtype == np.uint8
     for got, path in zip(pixels[:2], paths, strict=True):
@@ -109,3 +110,20 @@ def test_pixel_loader_adds_one_uint8_array_per_row(corpus):
     assert not pixels[2].any()  # a text-only row: zeros
     # pad and square differ on a non-square image (pad keeps the whole image, square crops it)
     assert not np.array_equal(load_pixels(paths[0], "pad", SIZE), load_pixels(paths[0], "square", SIZE))
+
+
+def test_an_image_gone_or_broken_since_prepare_costs_its_row_only(corpus, tmp_path):
+    """Storage changes under a long run: a deleted or damaged image gives its row zero pixels and the reason;
+    the rest of the batch loads as usual (the loop masks that sample and counts it: test_lost_samples.py)."""
+    kept = str(corpus / "images" / "wide.jpg")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(encoded()[:40])
+    table = pa.table({"id": ["gone", "ok", "broken"], "image": [str(tmp_path / "deleted.jpg"), kept, str(broken)]})
+    out = PixelLoader("pad", SIZE)(table)
+    errors = out.column("image_error").to_pylist()
+    assert errors[0].startswith("missing_image\t") and str(tmp_path / "deleted.jpg") in errors[0]
+    assert errors[1] == ""
+    assert errors[2].split("\t")[0] in images.REASONS and str(broken) in errors[2]
+    pixels = pixels_from_bytes(out.column("pixels").to_pylist(), SIZE)
+    assert not pixels[0].any() and not pixels[2].any()
+    assert np.array_equal(pixels[1], load_pixels(kept, "pad", SIZE))

@@ -9,6 +9,7 @@ auto-joins the cluster named in its own temp dir's `ray_current_cluster`). These
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -178,10 +180,15 @@ def ray_cluster(s3_server):
     """A head like a user's `ray start --head` (token auth on, the 2.60 default; no CPUs: only the job's
     entrypoint runs there) and a worker node that shares no /tmp or home with it (tests/cluster/two_node.py).
     Started after the S3 server, so both nodes have the AWS environment, as a real cluster's nodes would."""
+    from components.train.env import DELAY_ENV
     from tests.cluster.two_node import two_node_cluster
 
-    with two_node_cluster(worker_cpus=4) as cluster:
-        yield cluster
+    # Training steps take at least a second on this cluster's nodes (they read the knob from the environment
+    # they start with): a node loss then lands mid-training however fast this machine is.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(DELAY_ENV, "1")
+        with two_node_cluster(worker_cpus=4) as cluster:
+            yield cluster
 
 
 def _submitted_id(out: str) -> str:
@@ -211,12 +218,37 @@ def test_the_nodes_share_no_disk(ray_cluster):
 
 
 @pytest.mark.e2e
+def _lose_the_worker_after_a_checkpoint(cluster, fs, train_root: str, done: threading.Event, log: list) -> None:
+    """Once pretrain's first checkpoint is registered (Ray Train's snapshot names it), the worker node dies
+    (SIGKILL of all its processes), and a replacement node joins."""
+    while not done.is_set():
+        with contextlib.suppress(OSError, ValueError):
+            fs.invalidate_cache()
+            snapshots = [p for p in fs.find(train_root) if p.endswith("checkpoint_manager_snapshot.json")
+                         and "/pretrain" in p]
+            if any(json.loads(fs.cat(p)).get("latest_checkpoint_result") for p in snapshots):
+                break
+        time.sleep(0.3)
+    else:
+        return
+    started = time.monotonic()
+    cluster.lose_worker()
+    log.append(f"worker node lost at +{time.monotonic() - started:.1f} s")
+    ip = cluster.join_replacement()
+    log.append(f"replacement node {ip} joined after {time.monotonic() - started:.1f} s")
+
+
 def test_submit_wait_runs_the_pipeline_on_two_nodes(ray_cluster, mlflow_server, tmp_path, capsys, monkeypatch):
     """`submit --wait` of the tiny pipeline (every stage, every benchmark, export) to a cluster whose nodes share
     only the S3 storage root and the MLflow server. A stage that handed a driver path to the worker fails here:
     its images would be missing there. Training is cut to a few steps: what two nodes can break is where
     things are read and written, not what a model learns (the learning check runs in CI's default run and in
-    tests/pipelines/test_pipeline_e2e.py)."""
+    tests/pipelines/test_pipeline_e2e.py).
+
+    Mid-pretrain the worker node is lost (every process of it SIGKILLed) and a replacement joins: the job goes
+    on by itself. Ray Train sees its workers die, restarts the worker group once the new node has room (its
+    controller runs on the head, with the driver) and resumes from the last checkpoint in S3; the stages after
+    it run on the new node. Work lost: the steps since that checkpoint (at most pretrain.checkpoint_every)."""
     import s3fs
     from mlflow.tracking import MlflowClient
 
@@ -227,13 +259,24 @@ def test_submit_wait_runs_the_pipeline_on_two_nodes(ray_cluster, mlflow_server, 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir(bucket)
     storage, experiment = f"s3://{bucket}/run", f"two-node-{tmp_path.name}"
-    started = time.monotonic()
-    rc = main(["submit", "tiny", *_sets([f"storage={storage}", f"tracking.experiment={experiment}",
-                                         "pretrain.max_steps=4", "finetune.max_steps=8"]),
-               "--address", ray_cluster.url, "--wait", "--poll", "2", "--timeout", "1800"])
+    started, done, faults = time.monotonic(), threading.Event(), []
+    fault = threading.Thread(target=_lose_the_worker_after_a_checkpoint,
+                             args=(ray_cluster, fs, f"{bucket}/run/ray_train", done, faults), daemon=True)
+    fault.start()
+    try:
+        rc = main(["submit", "tiny", *_sets([f"storage={storage}", f"tracking.experiment={experiment}",
+                                             "data.synth.size=micro",  # every benchmark, a tenth of the data
+                                             "pretrain.epochs=4", "pretrain.max_steps=10",
+                                             "pretrain.checkpoint_every=2",
+                                             "finetune.max_steps=4"]),
+                   "--address", ray_cluster.url, "--wait", "--poll", "2", "--timeout", "1800"])
+    finally:
+        done.set()
+        fault.join(timeout=300)
     wall = time.monotonic() - started
     out = capsys.readouterr().out
-    print(f"\n[two-node submit --wait] the tiny pipeline as a Ray job: {wall:.0f} s")
+    print(f"\n[two-node submit --wait] the tiny pipeline as a Ray job: {wall:.0f} s; " + "; ".join(faults))
+    assert len(faults) == 2, faults  # the node was lost mid-pretrain and replaced
     job_id = _submitted_id(out)
     assert rc == 0, out[-5000:]
     assert f"job {job_id} SUCCEEDED" in out and "evaluate.gqa" in out  # the job's own log, streamed
@@ -255,7 +298,11 @@ def test_submit_wait_runs_the_pipeline_on_two_nodes(ray_cluster, mlflow_server, 
     assert all(r.info.status == "FINISHED" for r in stages.values()), {k: r.info.status for k, r in stages.items()}
     gqa = stages["evaluate.gqa"].data.metrics
     assert {"accuracy", "blank_images_accuracy"} <= set(gqa), gqa  # scored, blank-image pass included
-    assert stages["finetune"].data.metrics["steps"] == 8
+    assert stages["finetune"].data.metrics["steps"] == 4
+    # pretrain went on from its last checkpoint: every step done, the lost ones (≤ checkpoint_every) redone
+    pretrain = stages["pretrain"].data
+    assert pretrain.metrics["steps"] == 10 and pretrain.metrics["resumed_from_step"] in (2, 4, 6, 8), pretrain.metrics
+    assert int(pretrain.tags["pretrain.restarts"]) >= 1
 
     # Every question was asked: a generation actor on the worker opened every image (a driver path would
     # leave them missing there, each rejected with a reason).

@@ -178,7 +178,7 @@ def test_interrupted_driver_resumes(ray_local, mlflow_server, tmp_path):
     storage = tmp_path / "store"
     address = ray_local.get_runtime_context().gcs_address
     args = [sys.executable, "-m", "pipelines.engine.cli", "run", "--json", "--set", f"storage={storage}",
-            "--set", "evaluate.benchmarks=[gqa]", "--set", "evaluate.limit=8", "--set", "export.enabled=false",
+            "--set", "data.synth.size=micro", "--set", "evaluate.benchmarks=[gqa]", "--set", "evaluate.limit=8", "--set", "export.enabled=false",
             "--set", "pretrain.max_steps=4", "--set", "finetune.max_steps=12", "--set", "finetune.checkpoint_every=2"]
     env = {**os.environ, "RAY_ADDRESS": address, "MLFLOW_TRACKING_URI": mlflow_server,
            "LLAVA_TRAIN_STEP_DELAY_S": "1.5"}  # slow steps so the kill lands mid-run

@@ -59,6 +59,10 @@ def engine_and_runtime(tokenizer, tmp_path_factory):
         engine.step()  # Adam's moments exist from the first step on
         yield engine, rt, root
         dist.destroy_process_group()
+        # DeepSpeed keeps a clone of the world group it made; a later test's fresh group must not meet it.
+        from deepspeed.utils import groups
+
+        groups._WORLD_GROUP = None
 
 
 def _meta(step: int) -> dict:

@@ -118,12 +118,14 @@ def _alive_node_ips(url: str, token: str) -> set[str]:
     return {n["node_ip"] for n in nodes if n["state"] == "ALIVE"}
 
 
+def _in_namespace(mount_ns: str):
+    """A `_processes` match: the process runs in that mount namespace (the worker node's)."""
+    return lambda p: os.readlink(f"/proc/{p.pid}/ns/mnt") == mount_ns
+
+
 def _lose(proc: subprocess.Popen, mount_ns: str) -> None:
     """Everything of one worker node at once, by SIGKILL (no draining: a machine that dies)."""
-    def in_ns(p) -> bool:
-        return os.readlink(f"/proc/{p.pid}/ns/mnt") == mount_ns
-
-    _kill(_processes(in_ns))
+    _kill(_processes(_in_namespace(mount_ns)))
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -133,12 +135,8 @@ def _stop_worker(proc: subprocess.Popen, mount_ns: str) -> None:
     """The worker node, then whatever still runs in its mount namespace (its /tmp is private: processes there
     cannot be told apart by temp dir from another Ray's, but by namespace they can)."""
     _terminate(proc)
-
-    def in_ns(p) -> bool:
-        return os.readlink(f"/proc/{p.pid}/ns/mnt") == mount_ns
-
     if mount_ns:
-        _kill(_processes(in_ns))
+        _kill(_processes(_in_namespace(mount_ns)))
 
 
 def wait_until_ready(proc: subprocess.Popen, url: str, log: Path, token_file: Path, limit_s: float = 240) -> None:

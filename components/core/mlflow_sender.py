@@ -25,6 +25,10 @@ and sent from where its owner stopped. Pure: no Ray.
 Layout: `{spool}/{host}~{pid}~{process start}~{token}/` holds `entries.jsonl`, `sent` (the byte offset sent so
 far) and `files/<n>/<name>` (artifact copies); a rejected entry (the server refused it, e.g. its run was
 deleted) goes to `{spool}/rejected.jsonl` with the reason.
+
+Credentials never reach the journal: an entry keeps its URI without `user:password@`, and the full URI stays in
+the memory of the process that logged it. A journal adopted from a dead process is sent with the adopter's own
+credentials for that server (the same URI logged here, or MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN).
 """
 
 from __future__ import annotations
@@ -42,8 +46,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psutil
+
+from .redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,14 @@ MAX_BACKOFF_S = 10.0
 PROBE_TIMEOUT_S = 2.0
 RESCAN_S = 10.0  # how often a running sender looks for dead processes' journals
 BATCH_LINES = 500  # lines read from a journal at once: the in-memory bound
+
+
+def without_credentials(uri: str) -> str:
+    """`uri` without its `user:password@` part: what a journal on disk keeps, and what the health probe asks."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def default_spool() -> str:
@@ -131,6 +146,7 @@ class Sender:
     def __init__(self, spool: str) -> None:
         self.spool = Path(spool)
         self._clients: dict[str, Any] = {}
+        self._credentials: dict[str, str] = {}  # journal URI -> the URI with its user:password, in memory only
         self._lock = threading.Lock()  # guards the own journal's writer and the counters
         self._changed = threading.Condition(self._lock)
         self._wake = threading.Event()  # new entries, or a flush: look again now
@@ -159,8 +175,11 @@ class Sender:
         artifact file (copied now). Raises OSError only when the local journal cannot be written."""
         t0 = time.perf_counter()
         self.start()
-        entry: dict[str, Any] = {"uri": uri, "run": run_id}
+        public = without_credentials(uri)
+        entry: dict[str, Any] = {"uri": public, "run": run_id}
         with self._lock:
+            if public != uri:
+                self._credentials[public] = uri
             own = self._own_journal()
             if metrics:
                 entry["metrics"] = metrics
@@ -313,7 +332,7 @@ class Sender:
         if uri not in self._clients:
             from mlflow.tracking import MlflowClient
 
-            self._clients[uri] = MlflowClient(tracking_uri=uri)
+            self._clients[uri] = MlflowClient(tracking_uri=self._credentials.get(uri, uri))
         return self._clients[uri]
 
     def _reachable(self, uri: str) -> bool:
@@ -335,15 +354,16 @@ class Sender:
         _, backoff = self._down.get(uri, (0.0, 0.0))
         if not backoff:
             log.warning("MLflow at %s unreachable (%s: %s); entries are kept and retried",
-                        uri, type(error).__name__, str(error)[:300])
+                        redact(uri), type(error).__name__, redact(str(error)[:300]))
         backoff = min(MAX_BACKOFF_S, backoff * 2 if backoff else 0.5)
         self._down[uri] = (time.monotonic() + backoff, backoff)
 
     def _mark_up(self, uri: str) -> None:
         if self._down.pop(uri, None) is not None:
-            log.warning("MLflow at %s answers again; sending the kept entries", uri)
+            log.warning("MLflow at %s answers again; sending the kept entries", redact(uri))
 
     def _reject(self, raw: str, why: str) -> None:
+        why = redact(why)
         log.error("MLflow refused an entry (%s); kept in %s", why, self.spool / "rejected.jsonl")
         with open(self.spool / "rejected.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"entry": raw.rstrip("\n"), "reason": why, "at": time.time()}) + "\n")

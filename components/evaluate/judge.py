@@ -85,6 +85,11 @@ class JudgeNotConfigured(NotConfigured):
     reason: str
 
 
+class JudgeFailed(RuntimeError):
+    """A judged benchmark whose judge failed past its tolerance. An error, not a result: the judge's key is not
+    part of the fingerprint, so a cached failure would be reused by the run that has a working judge."""
+
+
 @dataclass(frozen=True)
 class JudgeReply:
     ok: bool

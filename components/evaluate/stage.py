@@ -15,7 +15,7 @@ from components.core.fields import SCHEDULING, DataFile, ModelPath
 from components.core.stage_run import StageRun
 from components.core.templates import TemplateName
 
-from .judge import JudgeConfig, JudgeNotConfigured
+from .judge import ENV_API_KEY, JudgeConfig, JudgeFailed, JudgeNotConfigured
 from .spec import Replicas
 
 
@@ -25,7 +25,7 @@ def run_evaluate(*, benchmark: str, folder: DataFile, model: ModelPath, template
                  run: StageRun) -> dict[str, Any]:
     """Answer and score `benchmark` (its questions in `folder`) with `model`; with `blank_images`, score it a
     second time with every image blank (the image-dependence check). Returns the benchmark's metric, its
-    status, and the parity check's mismatches."""
+    status, and the parity check's mismatches. A judge that failed raises `JudgeFailed`: not a result to cache."""
     from .harness import evaluate_benchmarks
     from .pool import PoolSpec, warm_pool
 
@@ -35,6 +35,10 @@ def run_evaluate(*, benchmark: str, folder: DataFile, model: ModelPath, template
                       use_gpu=use_gpu, limit=limit, judge=judge, pool=pool)
         (result,) = evaluate_benchmarks({benchmark: folder}, out_dir=out, parity_sample=parity_sample,
                                         mlflow=run.mlflow, **common)
+        if result["status"] == "judge_failed":  # raised, so nothing is committed and a rerun asks the judge again
+            raise JudgeFailed(f"evaluate.{benchmark}: {result.get('reason', 'the judge failed')}; nothing was "
+                              f"cached: rerun once the judge answers (on a cluster its key is the cluster's "
+                              f"{ENV_API_KEY})")
         metrics: dict[str, Any] = {"status": result["status"]}
         if result["status"] == "skipped":
             metrics["reason"] = result.get("reason", "")

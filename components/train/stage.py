@@ -107,7 +107,8 @@ def fit(
     loop: Callable[[dict[str, Any]], Any], config: dict[str, Any], sc: TrainStageConfig, *, run_name: str,
     storage_path: str, callbacks: list[Any] | None = None,
 ) -> Any:
-    """One Ray Train run of `loop` on the stage's workers; its `ray.train.Result`."""
+    """One Ray Train run of `loop(config)` on the stage's workers; its `ray.train.Result`."""
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -118,8 +119,10 @@ def fit(
     fs, inner = storage.pyarrow_filesystem(storage_path) if storage.is_remote(storage_path) else (
         None, os.path.abspath(storage_path))
     trainer = TorchTrainer(
-        loop,
-        train_loop_config=config,
+        _loop_from_object_store,
+        # Ray Train's controller unpickles train_loop_config: handed a ref, it never imports the loop's code
+        # (torch, transformers: 7-9 s of every training stage's start, before any worker is created).
+        train_loop_config={"loop_and_config": ray.put((loop, config))},
         scaling_config=ray.train.ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -129,3 +132,11 @@ def fit(
             worker_runtime_env={"env_vars": env}, callbacks=callbacks or []),
     )
     return trainer.fit()
+
+
+def _loop_from_object_store(config: dict[str, Any]) -> Any:
+    """Each Train worker's entry: the loop and its config, from the object store (see `fit`)."""
+    import ray
+
+    loop, loop_config = ray.get(config["loop_and_config"])
+    return loop(loop_config)

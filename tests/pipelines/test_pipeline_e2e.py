@@ -13,8 +13,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,17 +177,66 @@ def test_only_evaluate_without_upstream_fails_clearly(tmp_path, capsys):
     assert "needs the output of finetune" in err and "--from finetune" in err
 
 
-def test_interrupted_driver_resumes(ray_local, mlflow_server, tmp_path):
-    """Kill the driver during finetune (after a checkpoint); the same command resumes from it."""
+@pytest.fixture
+def judge_server() -> Iterator[tuple[str, list[str]]]:
+    """An OpenAI-compatible judge on 127.0.0.1 that scores every review "8 6"; yields (url, paths asked)."""
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            paths.append(self.path)
+            body = json.dumps({"model": "fake-judge",
+                               "choices": [{"message": {"role": "assistant", "content": "8 6\nfine"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", paths
+    httpd.shutdown()
+    httpd.server_close()
+
+
+TRACK_PASSWORD = "TrackPassw0rd-9f2c"
+JUDGE_QUERY_KEY = "JudgeQueryKey-77ab"
+JUDGE_API_KEY = "sk-JudgeApiKey-5e1d0c"
+SECRETS = (TRACK_PASSWORD, JUDGE_QUERY_KEY, JUDGE_API_KEY)
+
+
+def test_interrupted_driver_resumes_and_no_secret_reaches_any_output(ray_local, mlflow_server, judge_server,
+                                                                     tmp_path):
+    """Kill the driver during finetune (after a checkpoint); the same command resumes from it. The run is configured
+    with secret-bearing URIs (a tracking URI with user:password, a judge endpoint with ?key=, a judge API key): no
+    secret appears in anything the killed run, the resumed run or a cached plain rerun printed, logged, tagged or
+    wrote. One run serves both checks (the suite's time)."""
+    from mlflow.tracking import MlflowClient
+
+    from components.core.mlflow_sender import default_spool
+
+    judge_url, judge_paths = judge_server
+    host = mlflow_server.removeprefix("http://")
     storage = tmp_path / "store"
-    address = ray_local.get_runtime_context().gcs_address
-    args = [sys.executable, "-m", "pipelines.engine.cli", "run", "--json", "--set", f"storage={storage}",
-            "--set", "data.synth.size=micro", "--set", "evaluate.benchmarks=[gqa]", "--set", "evaluate.limit=8", "--set", "export.enabled=false",
-            "--set", "pretrain.max_steps=4", "--set", "finetune.max_steps=12", "--set", "finetune.checkpoint_every=2"]
-    env = {**os.environ, "RAY_ADDRESS": address, "MLFLOW_TRACKING_URI": mlflow_server,
-           "LLAVA_TRAIN_STEP_DELAY_S": "1.5"}  # slow steps so the kill lands mid-run
-    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+    args = [sys.executable, "-m", "pipelines.engine.cli", "run", "--set", f"storage={storage}",
+            "--set", f"tracking.tracking_uri=http://alice:{TRACK_PASSWORD}@{host}"]
+    for item in ["data.synth.size=micro", "evaluate.benchmarks=[gqa,llava_bench]", "evaluate.limit=4",
+                 "evaluate.blank_image_check=[]", "evaluate.parity_sample=0", "export.enabled=false",
+                 "pretrain.max_steps=2", "finetune.max_steps=6", "finetune.checkpoint_every=2"]:
+        args += ["--set", item]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+           "LLAVA_JUDGE_BASE_URL": f"{judge_url}?key={JUDGE_QUERY_KEY}", "LLAVA_JUDGE_MODEL": "fake-judge",
+           "LLAVA_JUDGE_API_KEY": JUDGE_API_KEY, "LLAVA_TRAIN_STEP_DELAY_S": "1.5"}  # slow steps: the kill lands mid-run
+    env.pop("MLFLOW_TRACKING_URI", None)
+    project = Path(__file__).resolve().parents[2]
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True, cwd=project)
     deadline = time.time() + 900
     snapshots: list[Path] = []
     while time.time() < deadline and first.poll() is None:
@@ -194,23 +247,50 @@ def test_interrupted_driver_resumes(ray_local, mlflow_server, tmp_path):
         time.sleep(0.5)
     assert snapshots, "finetune never registered a checkpoint"
     os.killpg(first.pid, signal.SIGKILL)
-    first.wait(timeout=60)
+    killed_output = first.communicate(timeout=60)[0]
     env.pop("LLAVA_TRAIN_STEP_DELAY_S")
-    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900,
-                            cwd=Path(__file__).resolve().parents[2])
+    second = subprocess.run([*args, "--json"], env=env, capture_output=True, text=True, timeout=900, cwd=project)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    out = json.loads(second.stdout.strip().splitlines()[-1])
+    out = json.loads(second.stdout)  # stdout is exactly one JSON object
     status = {k: v["status"] for k, v in out["stages"].items()}
     assert status["synth"] == status["prepare"] == status["pretrain"] == "cached"
     assert status["finetune"] == "ran"
     assert out["stages"]["finetune"]["metrics"]["resumed_from_step"] >= 2
+    assert out["tracking_uri"] == f"http://***@{host}"
+    assert judge_paths and all(p.endswith(f"?key={JUDGE_QUERY_KEY}") for p in judge_paths)  # the judge was used
+    assert out["stages"]["evaluate.llava_bench"]["status"] == "ran"
     # The killed driver's MLflow runs (its parent and the finetune it was in) did not stay RUNNING: the second
     # run ended them KILLED, saying why.
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("llava-pipeline")
     runs = client.search_runs([exp.experiment_id], f"tags.`driver.pid` = '{first.pid}'", max_results=100)
-    status = {r.data.tags.get("stage", "parent"): r.info.status for r in runs}
-    assert status["parent"] == status["finetune"] == "KILLED" and status["pretrain"] == "FINISHED", status
+    ended = {r.data.tags.get("stage", "parent"): r.info.status for r in runs}
+    assert ended["parent"] == ended["finetune"] == "KILLED" and ended["pretrain"] == "FINISHED", ended
     assert all(r.data.tags.get("ended_because") for r in runs if r.info.status == "KILLED")
+    # A person's plain output of the same command (every stage cached) names the tracking URI and the log.
+    plain = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=project)
+    assert plain.returncode == 0 and "key metrics" in plain.stdout, plain.stderr[-3000:]
+
+    outputs = {"killed run output": killed_output, "resumed stdout": second.stdout, "resumed stderr": second.stderr,
+               "plain stdout": plain.stdout, "plain stderr": plain.stderr}
+    # Every file the runs wrote under the storage root: manifests, stats, rejected.jsonl, metrics, logs, weights.
+    for path in storage.rglob("*"):
+        if path.is_file():
+            outputs[str(path)] = path.read_bytes().decode("utf-8", "replace")
+    # What this node keeps for MLflow while it is unreachable (the sender's journals): URIs without credentials.
+    for path in Path(default_spool()).rglob("*"):
+        if path.is_file():
+            outputs[str(path)] = path.read_bytes().decode("utf-8", "replace")
+    # Every MLflow param, tag and artifact of every run (the server's own copy, fetched through its API).
+    for run in client.search_runs([exp.experiment_id], max_results=1000):
+        rid = run.info.run_id
+        outputs[f"run {rid} params+tags"] = json.dumps({"params": run.data.params, "tags": run.data.tags})
+        local = Path(client.download_artifacts(rid, "", str(tmp_path / "artifacts" / rid)))
+        for path in local.rglob("*"):
+            if path.is_file():
+                outputs[f"run {rid} artifact {path.relative_to(local)}"] = path.read_bytes().decode("utf-8", "replace")
+    assert any(name.endswith("stages.json") for name in outputs)
+    assert any(name.endswith("manifest.json") for name in outputs)
+    assert any("metrics.json" in name and "llava_bench" in name for name in outputs)
+    leaks = {name: found for name, text in outputs.items() if (found := [s for s in SECRETS if s in text])}
+    assert not leaks, leaks

@@ -88,3 +88,31 @@ def test_logging_goes_on_through_an_outage_and_everything_arrives(mlflow_restart
     # the killed process's journal was sent and removed; only this process's own is left
     assert [p.name for p in spool.iterdir() if p.is_dir()] == [sender._own.folder.name]
     assert os.path.getsize(sender._own.entries) > 0
+
+
+def test_a_uri_with_credentials_is_sent_and_its_password_never_reaches_the_disk(mlflow_restartable, tmp_path,
+                                                                                   caplog):
+    """The journal keeps the URI without `user:password@`; the sender uses the full one it was given (in memory),
+    and the health probe asks the server without them. While the server is down, the warning names it redacted."""
+    from mlflow.tracking import MlflowClient
+
+    password = "Sender-Passw0rd-31ab"
+    client = MlflowClient(mlflow_restartable.url)
+    run_id = client.create_run(client.create_experiment("credentials")).info.run_id
+    uri = mlflow_restartable.url.replace("http://", f"http://alice:{password}@")
+    spool = tmp_path / "spool"
+    sender = Sender(str(spool))
+    sender.put(uri, run_id, metrics=[["loss", 1.5, 1_700_000_000_000, 1]])
+    assert sender.flush(30) == 0
+    mlflow_restartable.stop()
+    sender.put(uri, run_id, metrics=[["loss", 1.25, 1_700_000_000_001, 2]])
+    with caplog.at_level("WARNING", logger="components.core.mlflow_sender"):
+        assert sender.flush(3) == 1  # kept while the server is down
+    assert any("unreachable" in r.getMessage() for r in caplog.records)
+    mlflow_restartable.start()
+    assert sender.flush(60) == 0
+    history = client.get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [(1, 1.5), (2, 1.25)]
+    on_disk = [p.read_bytes() for p in spool.rglob("*") if p.is_file()]
+    assert on_disk and not any(password.encode() in b for b in on_disk)
+    assert not any(password in r.getMessage() for r in caplog.records)

@@ -81,3 +81,16 @@ def test_judged_benchmark_without_a_judge_is_skipped_with_its_reason(pools, eval
     assert "nothing was generated" in metrics["reason"] and bench.metric not in metrics
     written = json.loads((tmp_path / "llava_bench" / "metrics.json").read_text())
     assert written["status"] == "skipped" and not (tmp_path / "llava_bench" / "answers.jsonl").exists()
+
+
+def test_a_failed_judge_is_an_error_not_a_result(pools, eval_root, model_dir, tmp_path):
+    """A judge that answers nothing (here: nothing listens on its port; on a cluster, a key the cluster lacks)
+    fails the job, so the executor commits nothing: the judge's key is not in the fingerprint, and a cached
+    failure would be reused by the next run, which has a working judge."""
+    from components.evaluate.judge import JudgeConfig, JudgeFailed
+    from tests.cluster.two_node import free_port
+
+    bench = get_benchmark("llava_bench")
+    judge = JudgeConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", timeout_s=2.0, max_retries=0)
+    with pytest.raises(JudgeFailed, match=r"evaluate\.llava_bench: \d+ of \d+ judgements failed.*nothing was cached"):
+        _stage("llava_bench", eval_root / bench.folder, model_dir, tmp_path, judge=judge)

@@ -1,6 +1,9 @@
 """The whole tiny pipeline end to end: real Ray, DeepSpeed, a real MLflow server on 127.0.0.1.
 
-One full run is shared by the tests that need it (session fixture); reruns reuse its storage.
+One run is shared by the tests that need it (module fixture); reruns reuse its storage. It is the micro world
+with a few training steps: these tests check stages, caching, MLflow and outputs. That the embedded default
+learns (GQA >= 70, blank images <= 35) is checked on the default unshortened, by `.ci/run`'s Quick start run,
+the run a user types (the suite's time: the default's training is 4 of the suite's 30 minutes).
 """
 
 from __future__ import annotations
@@ -8,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
 import signal
 import subprocess
@@ -29,11 +31,11 @@ from pipelines.engine.run_cmd import run_pipeline
 pytestmark = pytest.mark.e2e
 
 BENCHMARKS = "[gqa,pope,llava_bench]"
-# The shared run is the embedded default's training, unshortened: it is also the proof that the tiny model
-# learns (GQA-style learning check >= 70, blank images <= 35). Only the benchmark list is cut.
-SHARED = ["evaluate.parity_sample=4", "export.parity_sample=2"]
-# Reruns that only check which stages run use a few steps.
-SHORT_FINETUNE = "finetune.max_steps=6"
+PRETRAIN_STEPS, FINETUNE_STEPS = 4, 8
+SHARED = ["data.synth.size=micro", f"pretrain.max_steps={PRETRAIN_STEPS}", f"finetune.max_steps={FINETUNE_STEPS}",
+          "evaluate.limit=16", "evaluate.parity_sample=4", "export.parity_sample=2"]
+# A rerun that only checks which stages run uses fewer steps.
+SHORT_FINETUNE = "finetune.max_steps=4"
 
 
 def run_json(storage: Path, *extra: str) -> tuple[int, dict]:
@@ -71,14 +73,11 @@ def test_first_run_runs_every_stage(tiny_run):
 def test_stage_metrics_reach_the_result(tiny_run):
     _, out = tiny_run
     gqa = out["stages"]["evaluate.gqa"]["metrics"]
-    print(f"learning check: gqa {gqa['accuracy']} blank images {gqa['blank_images_accuracy']}")
-    # The tiny model learns: it reads the image (chance <= 25) and needs it (blank images near chance).
-    assert gqa["accuracy"] >= 70.0 and gqa["blank_images_accuracy"] <= 35.0, gqa
+    assert 0 <= gqa["accuracy"] <= 100 and 0 <= gqa["blank_images_accuracy"] <= 100, gqa
     assert gqa["parity_mismatches"] == 0  # batched answers equal batch-1 answers
-    train = out["stages"]["finetune"]["metrics"]
-    steps = load_config("tiny").finetune
-    assert train["steps"] == math.ceil(6000 * steps.epochs / steps.global_batch)
-    assert train["final_loss"] < train["initial_loss"] - 4.0
+    pretrain, train = out["stages"]["pretrain"]["metrics"], out["stages"]["finetune"]["metrics"]
+    assert pretrain["steps"] == PRETRAIN_STEPS and train["steps"] == FINETUNE_STEPS
+    assert train["final_loss"] < train["initial_loss"]
     assert train["world_size"] == 1 and train["threads_per_worker"] == 2
     assert out["stages"]["evaluate.llava_bench"]["metrics"]["status"] == "skipped"  # no judge configured
     assert out["stages"]["export"]["metrics"]["parity_ok"]
@@ -156,8 +155,13 @@ def test_a_given_model_is_evaluated_without_training(tiny_run):
     assert rc == 0, json.dumps(out, indent=1)[-3000:]
     assert {k: v["status"] for k, v in out["stages"].items()} == {"synth": "cached", "evaluate.gqa": "ran"}
     gqa = out["stages"]["evaluate.gqa"]["metrics"]
-    assert gqa["accuracy"] == first["stages"]["evaluate.gqa"]["metrics"]["accuracy"] >= 70
+    assert gqa["accuracy"] == first["stages"]["evaluate.gqa"]["metrics"]["accuracy"]
     assert gqa["blank_images_accuracy"] == first["stages"]["evaluate.gqa"]["metrics"]["blank_images_accuracy"]
+    def answers(o: dict) -> list[list[tuple[str, str]]]:  # the pass's and its blank-image pass's
+        return [[(a["question_id"], a["text"]) for a in map(json.loads, path.read_text().splitlines())]
+                for path in sorted(Path(o["outputs"]["evaluate.gqa"]).rglob("answers.jsonl"))]
+
+    assert len(answers(out)) == 2 and answers(out) == answers(first)
 
 
 def test_force_plans_stage_and_downstream(tiny_run, capsys):

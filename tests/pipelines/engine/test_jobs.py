@@ -242,8 +242,8 @@ def test_submit_wait_runs_the_pipeline_on_two_nodes(ray_cluster, mlflow_server, 
     """`submit --wait` of the tiny pipeline (every stage, every benchmark, export) to a cluster whose nodes share
     only the S3 storage root and the MLflow server. A stage that handed a driver path to the worker fails here:
     its images would be missing there. Training is cut to a few steps: what two nodes can break is where
-    things are read and written, not what a model learns (the learning check runs in CI's default run and in
-    tests/pipelines/test_pipeline_e2e.py).
+    things are read and written, not what a model learns (the learning check runs in CI's default run,
+    `.ci/run`).
 
     Mid-pretrain the worker node is lost (every process of it SIGKILLed) and a replacement joins: the job goes
     on by itself. Ray Train sees its workers die, restarts the worker group once the new node has room (its

@@ -116,17 +116,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
         check_fits(_config(args), args.cluster)
 
     return submit(args.config, args.set, address=args.address, wait=args.wait, only=args.only, from_=args.from_,
-                  force=args.force, poll_s=args.poll, timeout_s=args.timeout)
+                  force=args.force, poll_s=args.poll, timeout_s=args.timeout, allow_plain_http=args.allow_plain_http)
 
 
 def cmd_job(args: argparse.Namespace) -> int:
     from pipelines.engine import jobs
 
     if args.command == "status":
-        return jobs.show_status(args.job, address=args.address, as_json=args.json)
+        return jobs.show_status(args.job, address=args.address, as_json=args.json,
+                                allow_plain_http=args.allow_plain_http)
     if args.command == "logs":
-        return jobs.show_logs(args.job, address=args.address, follow_logs=args.follow)
-    return jobs.stop(args.job, address=args.address)
+        return jobs.show_logs(args.job, address=args.address, follow_logs=args.follow,
+                              allow_plain_http=args.allow_plain_http)
+    return jobs.stop(args.job, address=args.address, allow_plain_http=args.allow_plain_http)
 
 
 def _add_stage_args(p: argparse.ArgumentParser) -> None:
@@ -141,6 +143,9 @@ def _add_stage_args(p: argparse.ArgumentParser) -> None:
 def _add_address_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, metavar="URL",
                    help="Ray dashboard URL (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, else http://127.0.0.1:8265)")
+    p.add_argument("--allow-plain-http", action="store_true",
+                   help="allow an http:// address of another machine (the cluster token then crosses the network "
+                        "readable); default: https://, or http:// to this machine (a port-forward or tunnel)")
 
 
 def _add_cluster_arg(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import re
 import sys
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from components.core.redact import redact
 
@@ -113,9 +115,33 @@ def _without_address_env() -> Iterator[None]:
         os.environ.update(saved)
 
 
-def connect(address: str | None = None) -> Any:
-    """A JobSubmissionClient for the dashboard at `address` (default: see `default_address`)."""
+def is_loopback(host: str) -> bool:
+    """`host` names this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_plain_http(url: str) -> None:
+    """Plain http to another machine carries the cluster token (and the job spec) readable on the network."""
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        raise JobError(
+            f"the Ray dashboard at {redact(url)} is plain http to another machine: the cluster token would cross "
+            "the network readable. Use https:// (an authenticated ingress), or a tunnel to this machine "
+            "(`kubectl port-forward svc/HEAD-svc 8265`, `ssh -L 8265:HEAD:8265`) and --address "
+            "http://127.0.0.1:8265; or pass --allow-plain-http on a network you trust")
+
+
+def connect(address: str | None = None, *, allow_plain_http: bool = False) -> Any:
+    """A JobSubmissionClient for the dashboard at `address` (default: see `default_address`); plain http only
+    to this machine unless `allow_plain_http`."""
     url = dashboard_url(address or default_address())
+    if not allow_plain_http:
+        refuse_plain_http(url)
     token, source = find_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     probe(url, headers, source)

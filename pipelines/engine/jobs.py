@@ -226,9 +226,9 @@ def wait_for(client: Any, job_id: str, *, poll_s: float, timeout_s: float) -> in
 
 def submit(config: str, overrides: list[str], *, address: str | None, wait: bool, only: list[str] | None = None,
            from_: list[str] | None = None, force: list[str] | None = None, poll_s: float = 5.0,
-           timeout_s: float = 48 * 3600) -> int:
+           timeout_s: float = 48 * 3600, allow_plain_http: bool = False) -> int:
     spec = build_job_spec(config, overrides, only=only, from_=from_, force=force)
-    client = connect(address)
+    client = connect(address, allow_plain_http=allow_plain_http)
     for w in spec.warnings:
         print(f"warning: {redact(w)}", file=sys.stderr)
     host = urlsplit(client.get_address()).hostname or ""
@@ -250,8 +250,8 @@ def _when(ms: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
 
 
-def show_status(job_id: str, *, address: str | None, as_json: bool) -> int:
-    client = connect(address)
+def show_status(job_id: str, *, address: str | None, as_json: bool, allow_plain_http: bool = False) -> int:
+    client = connect(address, allow_plain_http=allow_plain_http)
     with job_errors(client, job_id):
         info = client.get_job_info(job_id)
     fields = {"submission_id": info.submission_id or job_id, "status": info.status.value, "message": info.message,
@@ -270,8 +270,9 @@ def show_status(job_id: str, *, address: str | None, as_json: bool) -> int:
     return 0
 
 
-def show_logs(job_id: str, *, address: str | None, follow_logs: bool, poll_s: float = 5.0) -> int:
-    client = connect(address)
+def show_logs(job_id: str, *, address: str | None, follow_logs: bool, poll_s: float = 5.0,
+              allow_plain_http: bool = False) -> int:
+    client = connect(address, allow_plain_http=allow_plain_http)
     if follow_logs:
         try:
             follow(client, job_id, poll_s=poll_s)
@@ -283,8 +284,8 @@ def show_logs(job_id: str, *, address: str | None, follow_logs: bool, poll_s: fl
     return 0
 
 
-def stop(job_id: str, *, address: str | None) -> int:
-    client = connect(address)
+def stop(job_id: str, *, address: str | None, allow_plain_http: bool = False) -> int:
+    client = connect(address, allow_plain_http=allow_plain_http)
     with job_errors(client, job_id):
         stopped = client.stop_job(job_id)
         status = client.get_job_status(job_id).value

@@ -162,6 +162,32 @@ def test_wrong_address_is_one_clear_line(clean_env, tmp_path, capsys):
     assert "cannot reach the Ray dashboard at http://127.0.0.1:1" in _one_line_error(capsys)
 
 
+def test_plain_http_to_another_machine_is_refused_before_contacting_it(clean_env, monkeypatch, tmp_path, capsys):
+    """The token (and the job spec) would cross the network readable: refused unless --allow-plain-http; https://
+    and http:// to this machine (a port-forward or tunnel) are fine. The token is never printed."""
+    token, said = "RayToken-6c1e0f9a", []
+    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+
+    def error() -> str:
+        said.append(_one_line_error(capsys))
+        return said[-1]
+
+    # 0.0.0.0 is not loopback by name, and a connection to it is refused at once (nothing is sent off this machine)
+    for argv in (["submit", "tiny", "--set", f"storage={tmp_path}/runs"], ["status", "some-job"],
+                 ["logs", "some-job"], ["stop", "some-job"]):
+        assert main([*argv, "--address", "http://0.0.0.0:1"]) == 2
+        err = error()
+        assert "is plain http to another machine" in err and "--allow-plain-http" in err, err
+        assert main([*argv, "--address", "http://0.0.0.0:1", "--allow-plain-http"]) == 2
+        assert "cannot reach the Ray dashboard at http://0.0.0.0:1" in error()
+    assert main(["status", "some-job", "--address", "https://0.0.0.0:1"]) == 2
+    assert "cannot reach the Ray dashboard at https://0.0.0.0:1" in error()
+    for loopback in ("http://127.0.0.3:1", "http://localhost:1", "http://[::1]:1"):
+        assert main(["status", "some-job", "--address", loopback]) == 2
+        assert "cannot reach the Ray dashboard" in error()
+    assert len(said) == 12 and not any(token in line for line in said)
+
+
 def test_missing_bucket_is_one_clear_line(clean_env, s3_server, tmp_path, capsys):
     argv = ["submit", "tiny", *_sets(["storage=s3://no-such-bucket/run",
                                       f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]),

@@ -8,6 +8,7 @@ through `redact` or `redact_json` first.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -48,3 +49,13 @@ def redact_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_json(v) for v in value]
     return value
+
+
+def is_loopback(host: str) -> bool:
+    """`host` names this machine (localhost, 127.0.0.0/8, ::1): where plain http may carry a secret."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 
 from components.core.fields import SCHEDULING, SECRET, NotConfigured
-from components.core.redact import redact
+from components.core.redact import is_loopback, redact
 
 ENV_BASE_URL = "LLAVA_JUDGE_BASE_URL"
 ENV_MODEL = "LLAVA_JUDGE_MODEL"
@@ -29,7 +29,6 @@ ENV_API_KEY = "LLAVA_JUDGE_API_KEY"
 ENV_TIMEOUT = "LLAVA_JUDGE_TIMEOUT"
 ENV_MAX_RETRIES = "LLAVA_JUDGE_MAX_RETRIES"
 
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -56,7 +55,7 @@ class JudgeConfig:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"judge base_url must start with http:// or https://, got {redact(self.base_url)!r}")
         host = urlsplit(self.base_url).hostname or ""
-        if self.base_url.startswith("http://") and self.api_key and host not in _LOOPBACK:
+        if self.base_url.startswith("http://") and self.api_key and not is_loopback(host):
             raise ValueError(f"judge base_url {redact(self.base_url)} is plain http:// to {host} with an API key; "
                              "use https:// (plain http carries the key only to this machine)")
         if self.max_response_bytes < 1:
@@ -148,7 +147,7 @@ class HttpJudge:
         self._client = httpx2.Client(
             timeout=httpx2.Timeout(config.timeout_s),
             follow_redirects=False,  # a redirect would carry the Authorization header to wherever it points
-            trust_env=host not in _LOOPBACK,  # loopback servers (tests, local vLLM) never go through a proxy
+            trust_env=not is_loopback(host),  # loopback servers (tests, local vLLM) never go through a proxy
         )
 
     def chat(

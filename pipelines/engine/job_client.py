@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import re
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from components.core.redact import redact
+from components.core.redact import is_loopback, redact
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TOKEN_HELP = ("Ray reads it from RAY_AUTH_TOKEN, else the file named by RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token; "
@@ -113,16 +112,6 @@ def _without_address_env() -> Iterator[None]:
         yield
     finally:
         os.environ.update(saved)
-
-
-def is_loopback(host: str) -> bool:
-    """`host` names this machine (localhost, 127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def refuse_plain_http(url: str) -> None:

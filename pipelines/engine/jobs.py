@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from components.core import storage
 from components.core.config import resolve_path
 from components.core.paths import CONFIG_DIR
-from components.core.redact import redact, redact_json
+from components.core.redact import is_loopback, redact, redact_json
 from pipelines.config import load_config
 
 from .artifacts import storage_root
@@ -232,7 +232,7 @@ def submit(config: str, overrides: list[str], *, address: str | None, wait: bool
     for w in spec.warnings:
         print(f"warning: {redact(w)}", file=sys.stderr)
     host = urlsplit(client.get_address()).hostname or ""
-    if not storage.is_remote(spec.storage) and host not in ("127.0.0.1", "localhost", "::1"):
+    if not storage.is_remote(spec.storage) and not is_loopback(host):
         print(f"warning: storage {spec.storage} is a local path; every node of the cluster must see it "
               "(a shared filesystem), else use s3://", file=sys.stderr)
     _submit(client, spec)
